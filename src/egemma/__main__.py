@@ -1,0 +1,139 @@
+"""Console script ``egemma``: serve | config | models | prepare-models (| export-embeddings)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from egemma import __version__
+from egemma.settings import Settings, load_settings
+
+log = logging.getLogger("egemma")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from egemma.app import create_app
+
+    if args.host:
+        settings.server.host = args.host
+    if args.port:
+        settings.server.port = args.port
+    _setup_logging(settings.server.log_level)
+    app = create_app(settings)
+    config = Config()
+    config.bind = [f"{settings.server.host}:{settings.server.port}"]
+    config.graceful_timeout = settings.server.graceful_timeout
+    config.accesslog = None
+    config.errorlog = "-"
+    config.keep_alive_timeout = 75.0
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            # Report not-ready and refuse new work first; Hypercorn then drains in-flight requests.
+            app.state.draining = True
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        log.info("eGemma %s serving on http://%s", __version__, config.bind[0])
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0
+
+
+def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
+    from egemma.modelfiles import ModelFileError, resolve
+
+    entries: list[dict[str, Any]] = []
+    data_dir = settings.server.data_dir
+    wanted: list[tuple[str, str, str, bool]] = [
+        ("chat", spec, setting, False) for _, spec, setting in settings.chat.models()
+    ]
+    if settings.summary.model_path:
+        wanted.append(("summary", settings.summary.model_path, "SUMMARY_MODEL_PATH", False))
+    wanted.append(("embeddings", settings.embedding.model_path, "EMBEDDING_MODEL_PATH", True))
+    for capability, spec, setting, want_dir in wanted:
+        entry: dict[str, Any] = {"capability": capability, "setting": setting, "spec": spec}
+        try:
+            model = resolve(spec, setting, data_dir, want_dir=want_dir)
+            entry.update(path=str(model.path), origin=model.origin, status="ok")
+        except ModelFileError as exc:
+            entry.update(status="error", reason=str(exc))
+        entries.append(entry)
+    print(json.dumps(entries, indent=2))
+    return 0 if all(e["status"] == "ok" for e in entries) else 1
+
+
+def cmd_prepare_models(settings: Settings, _: argparse.Namespace) -> int:
+    """Install-time preparation of built-in model files (no downloads)."""
+    from egemma.modelfiles import prepare_builtin
+
+    _setup_logging("info")
+    for path in prepare_builtin(settings.server.data_dir):
+        print(f"prepared {path}")
+    for hook in PREPARE_HOOKS:
+        hook(settings)
+    return 0
+
+
+# Other modules register install-time steps here (harmony vocabulary, embedding export).
+PREPARE_HOOKS: list[Callable[[Settings], None]] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egemma", description="eGemma AI workbench")
+    parser.add_argument("--version", action="version", version=f"egemma {__version__}")
+    parser.add_argument("--env-file", default=".env", help="settings file (default .env)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the API")
+    serve.add_argument("--host", help="address (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default PORT or 8000)")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("config", help="print effective settings, secrets redacted").set_defaults(
+        func=cmd_config
+    )
+    sub.add_parser("models", help="show which model files were resolved").set_defaults(
+        func=cmd_models
+    )
+    sub.add_parser("prepare-models", help="assemble built-in model files").set_defaults(
+        func=cmd_prepare_models
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = load_settings(args.env_file)
+    func: Callable[[Settings, argparse.Namespace], int] = args.func
+    return func(settings, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

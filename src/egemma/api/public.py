@@ -1,0 +1,67 @@
+"""Public routes: no key needed. ``/``, ``/health``, ``/ready``, ``/rate-limits``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from egemma import __version__
+from egemma.runtime import CAPABILITIES, Engines
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/docs", status_code=307)
+
+
+def _entry(engines: Engines, key: str) -> dict[str, Any]:
+    status = engines.capability(key)
+    entry: dict[str, Any] = {"name": status.name, "status": status.status}
+    if status.reason:
+        entry["reason"] = status.reason
+    if status.context_length is not None:
+        entry["context_length"] = status.context_length
+    entry.update(status.detail)
+    return entry
+
+
+@router.get("/health", summary="Per-capability status")
+async def health(request: Request) -> dict[str, Any]:
+    engines: Engines = request.app.state.engines
+    body: dict[str, Any] = {"version": __version__}
+    states = []
+    for key, legacy in CAPABILITIES.items():
+        body[legacy] = _entry(engines, key)
+        states.append(body[legacy]["status"])
+    if request.app.state.draining:
+        overall = "draining"
+    elif "error" in states:
+        overall = "degraded"
+    elif "not_loaded" in states:
+        overall = "starting"
+    else:
+        overall = "ok"
+    return {"status": overall, **body}
+
+
+@router.get("/ready", summary="200 once every enabled capability is loaded")
+async def ready(request: Request) -> JSONResponse:
+    engines: Engines = request.app.state.engines
+    waiting = [
+        key for key in CAPABILITIES if engines.capability(key).status not in ("loaded", "disabled")
+    ]
+    if request.app.state.draining:
+        return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+    if waiting or not request.app.state.started:
+        return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+@router.get("/rate-limits", summary="Configured rate limits per bucket")
+async def rate_limits(request: Request) -> dict[str, dict[str, int]]:
+    limits: dict[str, dict[str, int]] = request.app.state.rate_limiter.describe()
+    return limits

@@ -1,0 +1,108 @@
+"""``create_app(settings, engines=None)`` and the lifespan that loads every capability."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from egemma import __version__
+from egemma.api import models, public
+from egemma.errors import install_handlers
+from egemma.loaders import load_all
+from egemma.middleware.body_limit import BodyLimitMiddleware
+from egemma.middleware.request_id import RequestIdMiddleware
+from egemma.ratelimit import RateLimiter
+from egemma.runtime import Engines
+from egemma.security import announce_generated_key, digest, provision_key, require_api_key
+from egemma.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Routers that need the key. Each feature adds its router here; auth is attached once, at mount.
+PROTECTED: list[APIRouter] = [models.router]
+
+
+def _protected_routers() -> list[APIRouter]:
+    routers = list(PROTECTED)
+    for module_name in (
+        "egemma.api.responses",
+        "egemma.api.chat",
+        "egemma.api.conversations",
+        "egemma.api.embeddings",
+        "egemma.api.summarize",
+        "egemma.api.ast",
+        "egemma.api.personas",
+    ):
+        try:
+            module = __import__(module_name, fromlist=["router"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        routers.append(module.router)
+    return routers
+
+
+def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
+    """Build the app. Production passes no engines: the lifespan loads them from settings."""
+    injected = engines is not None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not injected:
+            await load_all(settings, app.state.engines)
+        app.state.started = True
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            for hook in app.state.shutdown_hooks:
+                await hook()
+            if not injected:
+                app.state.engines.close()
+
+    app = FastAPI(
+        title="eGemma",
+        version=__version__,
+        description="Self-hosted OpenAI-shaped APIs over local models.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        redirect_slashes=False,
+    )
+    key, generated = provision_key(
+        settings.server.api_key.get_secret_value() if settings.server.api_key else None,
+        settings.server.data_dir,
+    )
+    if generated:
+        announce_generated_key(key, settings.server.data_dir / "api_key")
+    app.state.settings = settings
+    app.state.api_key_digest = digest(key)
+    app.state.engines = engines if engines is not None else Engines()
+    app.state.rate_limiter = RateLimiter(settings.limits)
+    app.state.started = False
+    app.state.started_at = int(time.time())
+    app.state.draining = False
+    app.state.shutdown_hooks = []
+
+    install_handlers(app)
+    app.include_router(public.router)
+    for router in _protected_routers():
+        app.include_router(router, dependencies=[Depends(require_api_key)])
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
+    origins = [o.strip() for o in settings.server.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,125 @@
+"""Two-level cache: an in-memory LRU in front of a ``diskcache`` store, fail-open.
+
+Any disk problem (corrupt file, full disk, a lock held elsewhere) is logged and counted, and the
+caller is served uncached: a cache never turns a good request into an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(**parts: Any) -> str:
+    """SHA-256 of the canonical JSON of the parts (model identity, parameters, input)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TwoLevelCache:
+    """LRU (``lru_size`` entries) over an optional disk cache (``disk_bytes``; 0 disables it)."""
+
+    def __init__(
+        self, name: str, directory: Path | None, lru_size: int, disk_bytes: int = 0
+    ) -> None:
+        self.name = name
+        self.lru_size = lru_size
+        self._lru: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self._disk: Any = None
+        if directory is not None and disk_bytes > 0:
+            self._disk = self._open_disk(directory, disk_bytes)
+
+    def _open_disk(self, directory: Path, disk_bytes: int) -> Any:
+        import diskcache
+
+        for attempt in range(2):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                return diskcache.Cache(
+                    str(directory),
+                    size_limit=disk_bytes,
+                    timeout=0.2,
+                    eviction_policy="least-recently-used",
+                )
+            except (sqlite3.DatabaseError, OSError) as exc:
+                self.errors += 1
+                if attempt == 0 and isinstance(exc, sqlite3.DatabaseError):
+                    aside = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
+                    log.warning(
+                        "%s cache is corrupt (%s); moved aside to %s", self.name, exc, aside
+                    )
+                    try:
+                        directory.rename(aside)
+                    except OSError:
+                        break
+                    continue
+                break
+        log.warning("%s disk cache unavailable; serving with the memory cache only", self.name)
+        return None
+
+    @property
+    def disk_enabled(self) -> bool:
+        return self._disk is not None
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                self.hits += 1
+                return self._lru[key]
+        value = None
+        if self._disk is not None:
+            try:
+                value = self._disk.get(key, default=None, retry=False)
+            except Exception as exc:  # diskcache.Timeout, sqlite3 errors, OSError: fail open
+                self._failed("read", exc)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._remember(key, value)
+        return value
+
+    def set(self, key: str, value: Any) -> None:
+        self._remember(key, value)
+        if self._disk is not None:
+            try:
+                self._disk.set(key, value, retry=False)
+            except Exception as exc:  # fail open: the answer is still served
+                self._failed("write", exc)
+
+    def _remember(self, key: str, value: Any) -> None:
+        if self.lru_size <= 0:
+            return
+        with self._lock:
+            self._lru[key] = value
+            self._lru.move_to_end(key)
+            while len(self._lru) > self.lru_size:
+                self._lru.popitem(last=False)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        log.warning(
+            "%s cache %s failed (%s); serving uncached", self.name, what, type(exc).__name__
+        )
+
+    def close(self) -> None:
+        if self._disk is not None:
+            try:
+                self._disk.close()
+            except Exception as exc:  # closing must not stop shutdown
+                self._failed("close", exc)
+            self._disk = None

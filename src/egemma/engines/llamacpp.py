@@ -1,0 +1,198 @@
+"""llama-cpp-python in-process: one model, one context, generation in a worker thread.
+
+The ``Llama`` object is not thread-safe (concurrent calls segfault: llama-cpp-python #471,
+#1529), so exactly one generation runs at a time; ``egemma.engines.queue.ModelQueue`` admits
+callers in FIFO order. ``Llama.generate`` reuses the longest common token prefix of the previous
+call's KV cache, which is what makes a second turn cheap; ``cached_prefix`` reports it before
+the call.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from egemma.engines.base import GeneratedToken, SamplingParams
+from egemma.engines.queue import ModelQueue
+from egemma.settings import ChatSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationStats:
+    """Filled in while a generation runs; read by the service for ``usage``."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # stop | length | cancelled
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LlamaChatEngine:
+    """A loaded GGUF with its metadata, tokenizer and FIFO."""
+
+    def __init__(self, name: str, path: Path, llm: Any, settings: ChatSettings) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.name = name
+        self.path = path
+        self.llm = llm
+        self.n_ctx: int = llm.n_ctx()
+        self.metadata: dict[str, str] = dict(llm.metadata or {})
+        self.architecture = self.metadata.get("general.architecture", "")
+        self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
+        self.bos_token = self._token_text(llm.token_bos())
+        self.eos_token = self._token_text(llm.token_eos())
+        self.add_bos = self.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        self.queue = ModelQueue(settings.queue_size, settings.queue_timeout)
+        self._lock = threading.Lock()
+        self._grammar_cache: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, name: str, path: Path, settings: ChatSettings) -> LlamaChatEngine:
+        from llama_cpp import Llama
+
+        threads = settings.n_threads or (os.cpu_count() or 1)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=settings.n_ctx,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_batch=settings.n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            use_mmap=settings.use_mmap,
+            flash_attn=settings.flash_attn,
+            verbose=False,
+        )
+        train_ctx = llm.n_ctx_train()
+        if settings.n_ctx > train_ctx:
+            # More context than the model was trained for only wastes memory and degrades output.
+            del llm
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=train_ctx,
+                n_gpu_layers=settings.n_gpu_layers,
+                n_batch=settings.n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                use_mmap=settings.use_mmap,
+                flash_attn=settings.flash_attn,
+                verbose=False,
+            )
+        return cls(name, path, llm, settings)
+
+    # -- tokenizer ----------------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(self.llm.detokenize([token], special=True)).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+        tokens: list[int] = self.llm.tokenize(
+            text.encode("utf-8", "surrogatepass"), add_bos=add_bos, special=special
+        )
+        return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return bytes(self.llm.detokenize(list(tokens))).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a special token such as ``<end_of_turn>``, if it is a single token."""
+        ids = self.tokenize(text, special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def cached_prefix(self, prompt: Sequence[int]) -> int:
+        """Tokens of ``prompt`` already in the KV cache from the previous call."""
+        previous = self.llm._input_ids[: self.llm.n_tokens]
+        n = 0
+        for a, b in zip(previous, prompt, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, max(len(prompt) - 1, 0))
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammar_cache.get(key)
+        if grammar is None:
+            grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+            if len(self._grammar_cache) > 64:
+                self._grammar_cache.clear()
+            self._grammar_cache[key] = grammar
+        return grammar
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancel: threading.Event,
+        stats: GenerationStats | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> Iterator[GeneratedToken]:
+        """Blocking token stream. Stops on an end-of-generation token, a stop token, the token
+        budget, or ``cancel`` (checked before every token)."""
+        stats = stats if stats is not None else GenerationStats()
+        grammar = self._grammar(json_schema) if json_schema is not None else None
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stop_ids = set(params.stop_token_ids)
+        with self._lock:
+            stats.prompt_tokens = len(prompt)
+            stats.cached_tokens = self.cached_prefix(prompt)
+            stats.finish_reason = "length"
+            if cancel.is_set():
+                stats.finish_reason = "cancelled"
+                return
+            tokens = self.llm.generate(
+                list(prompt),
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=params.min_p,
+                temp=params.temperature,
+                repeat_penalty=1.0,
+                grammar=grammar,
+            )
+            try:
+                for token in tokens:
+                    if cancel.is_set():
+                        stats.finish_reason = "cancelled"
+                        break
+                    if token in stop_ids or self.is_eog(token):
+                        stats.finish_reason = "stop"
+                        yield GeneratedToken(token, "")
+                        break
+                    stats.completion_tokens += 1
+                    piece = bytes(self.llm.detokenize([token]))
+                    yield GeneratedToken(token, decoder.decode(piece))
+                    if stats.completion_tokens >= params.max_tokens:
+                        stats.finish_reason = "length"
+                        break
+            finally:
+                tokens.close()
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield GeneratedToken(-1, tail)
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            close = getattr(llm, "close", None)
+            if callable(close):
+                close()

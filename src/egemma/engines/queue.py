@@ -1,0 +1,93 @@
+"""A bounded FIFO in front of one model context: one holder, at most ``max_waiting`` waiters.
+
+Full → ``QueueFullError`` at once (the API answers 503 + Retry-After). A waiter whose client
+has left is dropped within one poll interval and never takes the slot (llama.cpp #13262;
+Ollama's scheduler skips cancelled requests the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+POLL_SECONDS = 0.25
+
+
+class QueueFullError(Exception):
+    """No room to wait."""
+
+
+class QueueTimeoutError(Exception):
+    """Waited longer than the queue timeout."""
+
+
+class ClientGoneError(Exception):
+    """The client disconnected while waiting."""
+
+
+class ModelQueue:
+    def __init__(self, max_waiting: int, timeout: float) -> None:
+        self.max_waiting = max_waiting
+        self.timeout = timeout
+        self._busy = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.admitted = 0
+        self.rejected = 0
+        self.abandoned = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def depth(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    async def acquire(self, is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> None:
+        if not self._busy and not self.depth:
+            self._busy = True
+            self.admitted += 1
+            return
+        if self.depth >= self.max_waiting:
+            self.rejected += 1
+            raise QueueFullError
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), POLL_SECONDS)
+                    self.admitted += 1
+                    return
+                except TimeoutError:
+                    pass
+                if is_disconnected is not None and await is_disconnected():
+                    self.abandoned += 1
+                    raise ClientGoneError
+                if time.monotonic() > deadline:
+                    self.rejected += 1
+                    raise QueueTimeoutError
+        except BaseException:
+            self._give_up(waiter)
+            raise
+
+    def _give_up(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            # The slot was handed to us just as we left: pass it on.
+            self.release()
+        else:
+            waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # ownership passes directly to the next waiter
+                return
+        self._busy = False

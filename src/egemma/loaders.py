@@ -1,0 +1,146 @@
+"""Load each capability separately; a broken one is recorded, never fatal.
+
+Each loader fills its engine into ``Engines`` and sets its ``CapabilityStatus`` to ``loaded``,
+``disabled`` or ``error`` with a reason that names the setting. Heavy imports happen here,
+inside the loader, so a missing extra is a capability error, not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anyio
+
+from egemma.modelfiles import ModelFileError, check_gguf, resolve
+from egemma.runtime import Engines
+from egemma.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _fail(engines: Engines, key: str, reason: str) -> None:
+    status = engines.capability(key)
+    status.status = "error"
+    status.reason = reason
+    log.error("%s unavailable: %s", key, reason)
+
+
+def load_chat(settings: Settings, engines: Engines) -> None:
+    status = engines.capability("chat")
+    status.name = settings.chat.model_name or settings.chat.models()[0][0]
+    if not settings.chat.model_enabled:
+        status.status = "disabled"
+        return
+    from egemma.engines.llamacpp import LlamaChatEngine
+
+    errors: list[str] = []
+    for name, spec, setting in settings.chat.models():
+        try:
+            model = resolve(spec, setting, settings.server.data_dir)
+            check_gguf(model.path)
+            engine = LlamaChatEngine.load(name, model.path, settings.chat)
+        except (ModelFileError, ValueError, OSError) as exc:
+            errors.append(f"{name}: {exc}")
+            log.error("chat model %s not loaded: %s", name, exc)
+            continue
+        engines.chat[name] = engine
+        engines.chat_default = engines.chat_default or name
+        log.info("chat model %s loaded from %s (%s)", name, model.path, model.origin)
+    if not engines.chat:
+        _fail(engines, "chat", "; ".join(errors) or "no chat model configured")
+        return
+    default = engines.chat[engines.chat_default or ""]
+    status.name = engines.chat_default or status.name
+    status.status = "loaded"
+    status.context_length = default.n_ctx
+    status.reason = "; ".join(errors) or None
+    status.detail = {"models": sorted(engines.chat), "path": str(default.path)}
+
+
+def load_summary(settings: Settings, engines: Engines) -> None:
+    status = engines.capability("local_summarization")
+    if not settings.summary.local_enabled:
+        status.status = "disabled"
+        return
+    if not settings.summary.model_path:
+        # Shares the main chat model: one loaded model serves both.
+        shared = engines.chat.get(engines.chat_default or "")
+        if shared is None:
+            _fail(engines, "local_summarization", "shares the chat model, which is not loaded")
+            return
+        engines.summary = shared
+    else:
+        from egemma.engines.llamacpp import LlamaChatEngine
+
+        try:
+            model = resolve(
+                settings.summary.model_path, "SUMMARY_MODEL_PATH", settings.server.data_dir
+            )
+            check_gguf(model.path)
+            chat = settings.chat.model_copy(
+                update={"n_ctx": settings.summary.n_ctx, "queue_size": 64}
+            )
+            engines.summary = LlamaChatEngine.load(Path(model.path).stem, model.path, chat)
+        except (ModelFileError, ValueError, OSError) as exc:
+            _fail(engines, "local_summarization", str(exc))
+            return
+    status.name = engines.summary.name
+    status.status = "loaded"
+    status.context_length = engines.summary.n_ctx
+
+
+def load_gemini(settings: Settings, engines: Engines) -> None:
+    status = engines.capability("gemini")
+    status.name = settings.gemini.default_model
+    status.detail = {"api_key_set": settings.gemini.api_key is not None}
+    if settings.gemini.api_key is None:
+        status.status = "disabled"
+        status.reason = "GEMINI_API_KEY is not set"
+        return
+    try:
+        from egemma.engines.gemini import GeminiBackend
+    except ImportError as exc:
+        _fail(engines, "gemini", f"Gemini backend unavailable: {exc.name} is not installed")
+        return
+    engines.gemini = GeminiBackend(settings.gemini)
+    status.status = "loaded"
+
+
+def load_embeddings(settings: Settings, engines: Engines) -> None:
+    status = engines.capability("embeddings")
+    if not settings.embedding.enabled:
+        status.status = "disabled"
+        return
+    try:
+        model = resolve(
+            settings.embedding.model_path,
+            "EMBEDDING_MODEL_PATH",
+            settings.server.data_dir,
+            want_dir=True,
+        )
+    except ModelFileError as exc:
+        _fail(engines, "embeddings", str(exc))
+        return
+    try:
+        from egemma.engines.onnx import OnnxEmbeddingEngine
+    except ImportError as exc:
+        _fail(engines, "embeddings", f"ONNX engine unavailable: {exc.name} is not installed")
+        return
+    try:
+        engines.embedding = OnnxEmbeddingEngine.load(model.path, settings.embedding)
+    except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+        _fail(engines, "embeddings", f"EMBEDDING_MODEL_PATH: cannot load {model.path.name}: {exc}")
+        return
+    status.name = engines.embedding.name
+    status.status = "loaded"
+    status.context_length = getattr(engines.embedding, "max_length", None)
+
+
+LOADERS = (load_chat, load_summary, load_gemini, load_embeddings)
+
+
+async def load_all(settings: Settings, engines: Engines) -> None:
+    """Run every loader off the event loop, one after the other (they share the CPU)."""
+    for loader in LOADERS:
+        await anyio.to_thread.run_sync(loader, settings, engines)

@@ -1,0 +1,89 @@
+"""Bearer-key authentication: key provisioning and the one auth dependency.
+
+Keys are compared as SHA-256 digests with ``hmac.compare_digest`` so neither content nor length
+leaks through timing. The key is never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.security import HTTPBearer
+
+from egemma.errors import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "api_key"
+
+# Declares the scheme in OpenAPI; we parse the header ourselves so every failure is our 401.
+bearer_scheme = HTTPBearer(auto_error=False, description="WORKBENCH_API_KEY")
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def provision_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
+    """Return the server key and whether it was generated now.
+
+    A configured key wins. Otherwise the key stored in ``DATA_DIR/api_key`` is used, or a new one is
+    generated, stored owner-only (0600) and announced once, as Jupyter does with its token.
+    """
+    if configured:
+        return configured, False
+    path = data_dir / KEY_FILE
+    if path.is_file():
+        stored = path.read_text(encoding="utf-8").strip()
+        if stored:
+            return stored, False
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = "egk-" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key, True
+
+
+def announce_generated_key(key: str, path: Path) -> None:
+    """The one-time first-run banner: the only place the key is ever printed."""
+    print(
+        "\n    eGemma generated an API key (stored owner-only in "
+        f"{path}):\n\n        {key}\n\n"
+        "    Send it as 'Authorization: Bearer <key>'. Set WORKBENCH_API_KEY to choose your own.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def presented_key(request: Request) -> str | None:
+    """The bearer token of the request, or None when the header is missing or malformed."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or any(ord(c) < 33 for c in token):
+        return None
+    return token
+
+
+async def require_api_key(request: Request) -> str:
+    """FastAPI dependency: 401 unless the request carries the server's key. Returns its digest."""
+    expected: bytes = request.app.state.api_key_digest
+    token = presented_key(request)
+    if token is None:
+        raise AuthenticationError("Missing or malformed Authorization header; use 'Bearer <key>'.")
+    got = digest(token)
+    if not hmac.compare_digest(got, expected):
+        raise AuthenticationError("Invalid API key.")
+    request.state.principal = got.hex()
+    return got.hex()

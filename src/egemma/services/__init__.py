@@ -1,0 +1,1 @@
+"""Orchestration between the API and engines/store/cache; no FastAPI imports."""

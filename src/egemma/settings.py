@@ -1,0 +1,311 @@
+"""All settings, one class per concern; the only reader of ``os.environ``.
+
+Variable names follow the original eGemma (``WORKBENCH_API_KEY``, ``CHAT_MODEL_PATH``,
+``CHAT_N_CTX``, …): each group has an ``env_prefix`` that reproduces them, and
+``validation_alias`` covers names that do not fit. Model paths accept a filesystem path or
+``builtin:<name>`` for a model shipped in a PyPI package (see ``modelfiles.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+def _config(prefix: str = "") -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+
+class ServerSettings(BaseSettings):
+    model_config = _config()
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    data_dir: Path = Field(
+        Path("~/.egemma"), description="Holds the generated API key, caches and stores."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("WORKBENCH_API_KEY"),
+        description="Bearer key. Unset: generated on first start and kept in DATA_DIR/api_key.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_prompts: bool = Field(False, description="Allow prompt text in debug logs.")
+    max_file_size_bytes: int = Field(
+        5 * 1024 * 1024, ge=1, le=1024**3, description="Largest accepted upload (413 beyond)."
+    )
+    max_request_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1024**3, description="Largest request body (413 beyond)."
+    )
+    binary_detection_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of control bytes that makes an upload binary."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated allowed CORS origins; empty keeps CORS off."
+    )
+    graceful_timeout: float = Field(
+        30.0, ge=0.0, le=3600.0, description="Seconds in-flight requests get on SIGTERM."
+    )
+    metrics_require_key: bool = Field(False, description="Require the API key for /metrics.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class ChatSettings(BaseSettings):
+    model_config = _config("CHAT_")
+
+    model_enabled: bool = Field(True, description="Serve the Responses and chat APIs.")
+    model_path: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="GGUF file of the main chat model, or builtin:<name>.",
+    )
+    model_name: str = Field("", description="Name the main model is served as (default: derived).")
+    extra_models: str = Field(
+        "gemma-3-270m=builtin:gemma-3-270m",
+        description="More chat models, comma-separated name=path (path may be builtin:<name>).",
+    )
+    model_aliases: str = Field(
+        "", description="Comma-separated alias=model pairs, e.g. gpt-4o=gpt-oss-20b."
+    )
+    prompt_format: Literal["auto", "harmony", "template"] = Field(
+        "auto", description="Prompt family; auto picks Harmony for gpt-oss GGUFs."
+    )
+    n_ctx: int = Field(8192, ge=256, le=1_048_576, description="Context length per model.")
+    n_gpu_layers: int = Field(-1, ge=-1, le=1000, description="Layers offloaded to the GPU.")
+    n_batch: int = Field(512, ge=1, le=65536, description="Prompt batch size.")
+    n_threads: int = Field(0, ge=0, le=1024, description="CPU threads (0: all cores).")
+    use_mmap: bool = Field(True, description="Memory-map the GGUF.")
+    flash_attn: bool = Field(False, description="Use flash attention where supported.")
+    max_tokens: int = Field(
+        1024, ge=1, le=1_048_576, description="Default max_output_tokens when a request sets none."
+    )
+    temperature: float = Field(0.3, ge=0.0, le=2.0, description="Default temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Default top_p.")
+    min_p: float = Field(0.05, ge=0.0, le=1.0, description="Default min_p.")
+    top_k: int = Field(0, ge=0, le=100_000, description="Default top_k (0: off).")
+    reasoning_effort: ReasoningEffort = Field(
+        "high", description="Default reasoning effort when a request sets none."
+    )
+    queue_size: int = Field(
+        8, ge=0, le=10_000, description="Requests that may wait per model (503 beyond)."
+    )
+    queue_timeout: float = Field(
+        120.0, gt=0.0, le=3600.0, description="Seconds a request may wait for its model."
+    )
+
+    @field_validator("extra_models", "model_aliases")
+    @classmethod
+    def _pairs(cls, value: str) -> str:
+        _parse_pairs(value)
+        return value
+
+    def models(self) -> list[tuple[str, str, str]]:
+        """(served name, path spec, setting) for every configured chat model, main one first."""
+        name = self.model_name or _derive_name(self.model_path)
+        out = [(name, self.model_path, "CHAT_MODEL_PATH")]
+        for extra_name, spec in _parse_pairs(self.extra_models):
+            if extra_name not in {n for n, _, _ in out}:
+                out.append((extra_name, spec, "CHAT_EXTRA_MODELS"))
+        return out
+
+    def aliases(self) -> dict[str, str]:
+        return dict(_parse_pairs(self.model_aliases))
+
+
+class SummarySettings(BaseSettings):
+    model_config = _config("SUMMARY_")
+
+    local_enabled: bool = Field(True, description="Summarize with a local llama.cpp model.")
+    model_path: str = Field("", description="GGUF for summaries; empty shares the main chat model.")
+    max_token: int = Field(300, ge=1, le=32768, description="Default summary length in tokens.")
+    temp: float = Field(0.7, ge=0.0, le=2.0, description="Default summary temperature.")
+    n_ctx: int = Field(8192, ge=256, le=1_048_576, description="Context of a separate model.")
+    personas_dir: Path = Field(
+        Path("personas"),
+        validation_alias=AliasChoices("PERSONAS_DIR", "SUMMARY_PERSONAS_DIR"),
+        description="Directory holding code/ and docs/ persona prompt files.",
+    )
+
+
+class GeminiSettings(BaseSettings):
+    model_config = _config("GEMINI_")
+
+    api_key: SecretStr | None = Field(None, description="Gemini API key; unset disables Gemini.")
+    default_model: str = Field("gemini-2.5-flash", description="Default Gemini model.")
+    flash_model: str = Field("gemini-2.5-flash", description="Fast Gemini model.")
+    api_timeout: float = Field(60.0, gt=0.0, le=600.0, description="Seconds per Gemini call.")
+    base_url: str = Field("", description="Override the Gemini endpoint (proxies, tests).")
+
+
+class EmbeddingSettings(BaseSettings):
+    model_config = _config("EMBEDDING_")
+
+    enabled: bool = Field(True, description="Serve /embed and /v1/embeddings.")
+    model_path: str = Field(
+        "builtin:all-minilm-l6-v2",
+        description="Exported ONNX folder (egemma export-embeddings), or builtin:<name>.",
+    )
+    model_name: str = Field("", description="Name the embedding model is served as.")
+    force_cpu: bool = Field(
+        False,
+        validation_alias=AliasChoices("FORCE_CPU", "EMBEDDING_FORCE_CPU"),
+        description="Use only the CPU execution provider.",
+    )
+    providers: str = Field(
+        "CUDAExecutionProvider,CoreMLExecutionProvider,CPUExecutionProvider",
+        description="ONNX Runtime providers in preference order.",
+    )
+    threads: int = Field(0, ge=0, le=1024, description="Intra-op threads (0: all cores).")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Largest dynamic batch.")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Batch gathering window.")
+    queue_size: int = Field(1024, ge=1, le=1_000_000, description="Texts that may wait.")
+    cache_max_size: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        validation_alias=AliasChoices("CACHE_MAX_SIZE", "EMBEDDING_CACHE_MAX_SIZE"),
+        description="In-memory LRU entries in front of the disk cache.",
+    )
+    disk_cache_bytes: int = Field(
+        1024**3, ge=0, le=1024**4, description="Disk cache size limit (0 disables it)."
+    )
+
+
+class LimitSettings(BaseSettings):
+    model_config = _config()
+
+    embed_rate_limit_calls: int = Field(5, ge=1, le=1_000_000, description="Embed calls/window.")
+    embed_rate_limit_seconds: int = Field(10, ge=1, le=86_400, description="Embed window.")
+    summarize_rate_limit_calls: int = Field(2, ge=1, le=1_000_000, description="Summaries/window.")
+    summarize_rate_limit_seconds: int = Field(60, ge=1, le=86_400, description="Summary window.")
+    chat_rate_limit_calls: int = Field(100, ge=1, le=1_000_000, description="Chat calls/window.")
+    chat_rate_limit_seconds: int = Field(60, ge=1, le=86_400, description="Chat window.")
+    conversation_rate_limit_calls: int = Field(
+        100, ge=1, le=1_000_000, description="Conversation calls/window."
+    )
+    conversation_rate_limit_seconds: int = Field(
+        60, ge=1, le=86_400, description="Conversation window."
+    )
+    rate_limit_storage_uri: str = Field(
+        "async+memory://", description="`limits` storage URI, e.g. async+redis://host:6379."
+    )
+
+
+def _parse_pairs(value: str) -> list[tuple[str, str]]:
+    pairs = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ValueError(f"expected name=value pairs separated by commas, got {item!r}")
+        pairs.append((name.strip(), target.strip()))
+    return pairs
+
+
+def _derive_name(spec: str) -> str:
+    if spec.startswith("builtin:"):
+        return spec.removeprefix("builtin:")
+    stem = Path(spec).name
+    for suffix in (".gguf", ".GGUF"):
+        stem = stem.removesuffix(suffix)
+    return stem or "chat"
+
+
+GROUPS: dict[str, type[BaseSettings]] = {
+    "server": ServerSettings,
+    "chat": ChatSettings,
+    "summary": SummarySettings,
+    "gemini": GeminiSettings,
+    "embedding": EmbeddingSettings,
+    "limits": LimitSettings,
+}
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+class Settings:
+    """The effective settings: one instance per process, built in ``__main__`` and passed down."""
+
+    def __init__(self, env_file: str | Path | None = ".env", **groups: BaseSettings) -> None:
+        for key, cls in GROUPS.items():
+            value = groups.get(key)
+            if value is None:
+                value = _build(cls, env_file)
+            setattr(self, key, value)
+
+    server: ServerSettings
+    chat: ChatSettings
+    summary: SummarySettings
+    gemini: GeminiSettings
+    embedding: EmbeddingSettings
+    limits: LimitSettings
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """Every group as JSON-ready data with secrets replaced by ``***``."""
+        out: dict[str, dict[str, Any]] = {}
+        for key in GROUPS:
+            group: BaseSettings = getattr(self, key)
+            data = group.model_dump(mode="json")
+            for name, value in data.items():
+                if isinstance(getattr(group, name), SecretStr):
+                    data[name] = "***" if value else None
+            out[key] = data
+        return out
+
+
+def env_name(cls: type[BaseSettings], field_name: str) -> str:
+    """The environment variable a user sets for ``field_name`` of ``cls``."""
+    info = cls.model_fields[field_name]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0]).upper()
+    if isinstance(alias, str):
+        return alias.upper()
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return f"{prefix}{field_name}".upper()
+
+
+def _build(cls: type[BaseSettings], env_file: str | Path | None) -> BaseSettings:
+    try:
+        return cls(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        name = loc.upper()
+        for field_name, info in cls.model_fields.items():
+            alias = info.validation_alias
+            choices = alias.choices if isinstance(alias, AliasChoices) else ()
+            if loc == field_name or loc.upper() in {str(c).upper() for c in choices}:
+                name = env_name(cls, field_name)
+        raise SettingsError(f"invalid setting {name}: {err['msg']}") from None
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Build the settings or exit with one line naming the bad variable."""
+    try:
+        return Settings(env_file=env_file)
+    except SettingsError as exc:
+        print(f"egemma: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
