@@ -1,0 +1,123 @@
+"""The worker pool: pathological inputs end in a clean error and the pool keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from egemma.services.ast import (
+    AstLimits,
+    AstService,
+    AstSourceError,
+    AstSourceTooLargeError,
+    UnsupportedLanguageError,
+)
+
+SMALL = b"def f(a: int = 1) -> int:\n    return a\n"
+# ~250 KB of ordinary code: ~85 MB peak and about a second to parse on CPython 3.11.
+BIG = "".join(
+    f"def f{i}(a, b=1):\n    return a.b(c) + [x for x in range({i})]\n" for i in range(4000)
+).encode()
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[AstService]:
+    svc = AstService(AstLimits(workers=2, timeout_seconds=20))
+    yield svc
+    svc.close()
+
+
+def _ok(service: AstService) -> None:
+    assert service.parse_sync(SMALL, "python")["functions"][0]["name"] == "f"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        b"-" * 100000 + b"1",  # MemoryError in the parser stack
+        b"a" + b".b" * 100000,  # RecursionError building the AST
+        b"1" + b"+1" * 100000,  # RecursionError
+        b"(" * 201,  # too many nested parentheses
+        b"if 1:\n" + b"".join(b" " * i + b"if 1:\n" for i in range(1, 101)),  # IndentationError
+        b"x = 1\x00",  # NUL
+        b"x = " + b"9" * 5000,  # 5,000-digit int
+    ],
+    ids=["minus", "attr-chain", "plus-chain", "parens", "indent", "nul", "bigint"],
+)
+def test_pathological_python_is_a_clean_error(service: AstService, source: bytes) -> None:
+    with pytest.raises(AstSourceError):
+        service.parse_sync(source, "python")
+    _ok(service)
+
+
+def test_syntax_error_carries_position(service: AstService) -> None:
+    with pytest.raises(AstSourceError) as info:
+        service.parse_sync(b"def f(:\n  pass\n", "python")
+    assert (info.value.line, info.value.column) == (1, 7)
+
+
+def test_invalid_utf8_is_an_error_with_position(service: AstService) -> None:
+    with pytest.raises(AstSourceError) as info:
+        service.parse_sync(b"x = 1\ny = 'caf\xe9'\n", "python")
+    assert (info.value.line, info.value.column) == (2, 9)
+
+
+def test_bom_is_accepted(service: AstService) -> None:
+    assert service.parse_sync(b"\xef\xbb\xbf" + SMALL, "python")["exports"] == ["f"]
+
+
+def test_size_cap() -> None:
+    svc = AstService(AstLimits(max_source_bytes=16))
+    try:
+        assert svc.parse_sync(b"x = 1\n" * 2 + b"y=1", "python")["imports"] == []
+        with pytest.raises(AstSourceTooLargeError):
+            svc.parse_sync(b"x = 1\n" * 3, "python")
+    finally:
+        svc.close()
+
+
+def test_unsupported_language(service: AstService) -> None:
+    with pytest.raises(UnsupportedLanguageError, match="cobol"):
+        service.parse_sync(b"x", "cobol")
+
+
+def test_timeout_kills_worker_and_pool_recovers() -> None:
+    svc = AstService(AstLimits(workers=1, timeout_seconds=0.05))
+    try:
+        with pytest.raises(AstSourceError, match="longer than"):
+            svc.parse_sync(BIG, "python")
+    finally:
+        svc.close()
+    svc = AstService(AstLimits(workers=1, timeout_seconds=20))
+    try:
+        _ok(svc)
+    finally:
+        svc.close()
+
+
+def test_memory_limit_is_a_clean_error_and_pool_recovers() -> None:
+    svc = AstService(AstLimits(workers=1, memory_bytes=48 * 1024 * 1024, timeout_seconds=20))
+    try:
+        with pytest.raises(AstSourceError):
+            svc.parse_sync(BIG, "python")
+        _ok(svc)
+    finally:
+        svc.close()
+
+
+def test_big_file_within_limits_parses(service: AstService) -> None:
+    assert len(service.parse_sync(BIG, "python")["functions"]) == 4000
+
+
+@pytest.mark.anyio
+async def test_async_parse(service: AstService) -> None:
+    result = await service.parse(SMALL, "Python")
+    assert result["language"] == "python"
+
+
+def test_closed_service_refuses() -> None:
+    svc = AstService(AstLimits(workers=1))
+    svc.close()
+    with pytest.raises(RuntimeError):
+        svc.parse_sync(SMALL, "python")
