@@ -189,6 +189,32 @@ class EmbeddingSettings(BaseSettings):
     )
 
 
+class StoreSettings(BaseSettings):
+    """Stored responses and conversations (SQLite in DATA_DIR unless STORE_PATH is set)."""
+
+    model_config = _config("STORE_")
+
+    path: Path | None = Field(
+        None, description="SQLite file of the store (default: DATA_DIR/egemma.db)."
+    )
+    busy_timeout: float = Field(
+        5.0, gt=0.0, le=600.0, description="Seconds a locked store is retried before 503."
+    )
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        "FULL", description="SQLite synchronous mode: FULL also survives power loss."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value else None
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class LimitSettings(BaseSettings):
     model_config = _config()
 
@@ -206,6 +232,26 @@ class LimitSettings(BaseSettings):
     )
     rate_limit_storage_uri: str = Field(
         "async+memory://", description="`limits` storage URI, e.g. async+redis://host:6379."
+    )
+
+
+class AstSettings(BaseSettings):
+    """``/parse-ast``: parsing runs in worker processes under these bounds (reliability.md §6)."""
+
+    model_config = _config("AST_")
+
+    max_source_bytes: int = Field(
+        256 * 1024, ge=1, le=16 * 1024 * 1024, description="Largest source file (413 beyond)."
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0.0, le=600.0, description="Wall-clock seconds per parse (400 beyond)."
+    )
+    memory_mb: int = Field(
+        1024, ge=0, le=1024 * 1024, description="Address-space limit per worker in MiB (0: none)."
+    )
+    workers: int = Field(2, ge=1, le=64, description="Parser worker processes.")
+    max_jobs_per_worker: int = Field(
+        500, ge=1, le=1_000_000, description="Parses before a worker is replaced."
     )
 
 
@@ -237,7 +283,9 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "summary": SummarySettings,
     "gemini": GeminiSettings,
     "embedding": EmbeddingSettings,
+    "store": StoreSettings,
     "limits": LimitSettings,
+    "ast": AstSettings,
 }
 
 
@@ -260,7 +308,9 @@ class Settings:
     summary: SummarySettings
     gemini: GeminiSettings
     embedding: EmbeddingSettings
+    store: StoreSettings
     limits: LimitSettings
+    ast: AstSettings
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """Every group as JSON-ready data with secrets replaced by ``***``."""
