@@ -20,6 +20,8 @@ from egemma.ratelimit import RateLimiter
 from egemma.runtime import Engines
 from egemma.security import announce_generated_key, digest, provision_key, require_api_key
 from egemma.settings import Settings
+from egemma.store.base import Store, StoreUnavailableError
+from egemma.store.sqlite import store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def _protected_routers() -> list[APIRouter]:
         "egemma.api.responses",
         "egemma.api.chat",
         "egemma.api.conversations",
+        "egemma.api.stored_responses",
         "egemma.api.embeddings",
         "egemma.api.summarize",
         "egemma.api.ast",
@@ -48,12 +51,23 @@ def _protected_routers() -> list[APIRouter]:
     return routers
 
 
-def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
-    """Build the app. Production passes no engines: the lifespan loads them from settings."""
+def create_app(
+    settings: Settings, engines: Engines | None = None, *, store: Store | None = None
+) -> FastAPI:
+    """Build the app. Production passes no engines: the lifespan loads them from settings.
+
+    The store (stored responses, conversations) is built from settings unless one is passed;
+    the app closes only a store it built.
+    """
     injected = engines is not None
+    own_store = store is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await app.state.store.open()
+        except StoreUnavailableError:
+            log.error("the store could not be opened; its routes answer 503")
         if not injected:
             await load_all(settings, app.state.engines)
         app.state.started = True
@@ -65,6 +79,8 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
                 await hook()
             if not injected:
                 app.state.engines.close()
+            if own_store:
+                await app.state.store.close()
 
     app = FastAPI(
         title="eGemma",
@@ -85,6 +101,7 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
     app.state.api_key_digest = digest(key)
     app.state.engines = engines if engines is not None else Engines()
     app.state.rate_limiter = RateLimiter(settings.limits)
+    app.state.store = store if store is not None else store_from_settings(settings)
     app.state.started = False
     app.state.started_at = int(time.time())
     app.state.draining = False

@@ -1,0 +1,1 @@
+"""Durable state: stored responses and conversations (``base.py`` interface, ``sqlite.py``)."""
