@@ -215,32 +215,6 @@ class StoreSettings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
 
-class StoreSettings(BaseSettings):
-    """Stored responses and conversations (SQLite in DATA_DIR unless STORE_PATH is set)."""
-
-    model_config = _config("STORE_")
-
-    path: Path | None = Field(
-        None, description="SQLite file of the store (default: DATA_DIR/egemma.db)."
-    )
-    busy_timeout: float = Field(
-        5.0, gt=0.0, le=600.0, description="Seconds a locked store is retried before 503."
-    )
-    synchronous: Literal["NORMAL", "FULL"] = Field(
-        "FULL", description="SQLite synchronous mode: FULL also survives power loss."
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value else None
-
-    @field_validator("synchronous", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
-
 class LimitSettings(BaseSettings):
     model_config = _config()
 
@@ -310,7 +284,6 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "gemini": GeminiSettings,
     "embedding": EmbeddingSettings,
     "store": StoreSettings,
-    "store": StoreSettings,
     "limits": LimitSettings,
     "ast": AstSettings,
 }
@@ -335,7 +308,6 @@ class Settings:
     summary: SummarySettings
     gemini: GeminiSettings
     embedding: EmbeddingSettings
-    store: StoreSettings
     store: StoreSettings
     limits: LimitSettings
     ast: AstSettings
