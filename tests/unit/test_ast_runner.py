@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,27 @@ def test_closed_service_refuses() -> None:
     svc.close()
     with pytest.raises(RuntimeError):
         svc.parse_sync(SMALL, "python")
+
+
+def test_concurrent_parses_share_the_pool(service: AstService) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [f"def f{i}():\n    return {i}\n".encode() for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda s: service.parse_sync(s, "python"), sources))
+    assert [r["exports"] for r in results] == [[f"f{i}"] for i in range(8)]
+
+
+def test_worker_environment_carries_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers get a minimal environment: keys in the server's environment stay there."""
+    monkeypatch.setenv("WORKBENCH_API_KEY", "sentinel-key")
+    svc = AstService(AstLimits(workers=1))
+    try:
+        _ok(svc)
+        proc = svc._all[0]._proc
+        assert proc is not None
+        environ = Path(f"/proc/{proc.pid}/environ")
+        if environ.exists():
+            assert b"sentinel-key" not in environ.read_bytes()
+    finally:
+        svc.close()

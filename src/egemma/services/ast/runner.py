@@ -111,7 +111,7 @@ class _Worker:
             return self._proc
         self.stop()
         src_root = str(Path(__file__).resolve().parents[3])
-        env = {"PYTHONPATH": src_root, "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8"}
+        env = {"PYTHONPATH": src_root, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUTF8": "1"}
         cmd = [sys.executable, "-m", "egemma.services.ast.worker", str(self._limits.memory_bytes)]
         proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own module
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True
