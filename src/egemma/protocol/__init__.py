@@ -1,0 +1,1 @@
+"""Wire models: request bodies we parse (responses use the openai-python types)."""
