@@ -63,13 +63,13 @@ $(TEST_INSTALLED): $(INSTALLED)
 	@touch $@
 
 lint: $(TEST_INSTALLED) docker-lint flake-check ## ruff, Dockerfiles, flake, no unsandboxed Jinja
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts loadtests
 	@! grep -rnE 'jinja2\.Environment\(|from jinja2 import .*\bEnvironment\b' src \
 		|| (echo "only jinja2.sandbox.ImmutableSandboxedEnvironment may render templates"; exit 1)
 
 format: $(TEST_INSTALLED) ## ruff format + fix
-	$(BIN)/ruff format src tests scripts
-	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts loadtests
+	$(BIN)/ruff check --fix src tests scripts loadtests
 
 typecheck: $(TEST_INSTALLED) ## mypy on src/
 	$(BIN)/mypy src
