@@ -106,6 +106,65 @@ def cmd_prepare_models(settings: Settings, _: argparse.Namespace) -> int:
 PREPARE_HOOKS: list[Callable[[Settings], None]] = []
 
 
+def cmd_export_embeddings(_: Settings, args: argparse.Namespace) -> int:
+    """Export a local sentence-transformers folder to ONNX (needs the `export` extra)."""
+    from pathlib import Path
+
+    from egemma.export import ExportError, ExportOptions, export_embeddings
+
+    _setup_logging("info")
+    dims = tuple(int(d) for d in args.matryoshka_dims.split(",")) if args.matryoshka_dims else None
+    opts = ExportOptions(
+        quantize=args.int8,
+        min_cosine=args.min_cosine,
+        matryoshka_dims=dims,
+        name=args.name,
+        force=args.force,
+    )
+    try:
+        facts = export_embeddings(Path(args.src), Path(args.dest), opts)
+    except ExportError as exc:
+        print(f"egemma: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(facts, indent=2))
+    return 0
+
+
+def _prepare_embeddings(settings: Settings) -> None:
+    from egemma.export import ExportError, prepare_default
+
+    try:
+        path = prepare_default(settings.server.data_dir)
+    except ExportError as exc:
+        raise SystemExit(f"egemma: embedding export failed: {exc}") from None
+    if path is not None:
+        print(f"prepared {path}")
+
+
+PREPARE_HOOKS.append(_prepare_embeddings)
+
+
+def _add_export_parser(sub: Any) -> None:
+    export = sub.add_parser(
+        "export-embeddings", help="export a sentence-transformers folder to ONNX (offline)"
+    )
+    export.add_argument("src", help="local sentence-transformers / Hugging Face folder")
+    export.add_argument("dest", help="output folder (EMBEDDING_MODEL_PATH points here)")
+    export.add_argument("--name", help="served model name (default: the folder name)")
+    export.add_argument(
+        "--matryoshka-dims",
+        help="comma-separated trained Matryoshka sizes (default: known for EmbeddingGemma)",
+    )
+    export.add_argument(
+        "--int8", action="store_true", help="per-channel dynamic int8, kept if it passes the gate"
+    )
+    export.add_argument(
+        "--min-cosine", type=float, default=0.99, help="int8 gate: min cosine vs fp32"
+    )
+    export.add_argument("--force", action="store_true", help="replace an existing DEST")
+    export.set_defaults(func=cmd_export_embeddings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egemma", description="eGemma AI workbench")
     parser.add_argument("--version", action="version", version=f"egemma {__version__}")
@@ -124,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare-models", help="assemble built-in model files").set_defaults(
         func=cmd_prepare_models
     )
+    _add_export_parser(sub)
     return parser
 
 

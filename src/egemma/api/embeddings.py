@@ -1,0 +1,161 @@
+"""``POST /embed`` (the original eGemma shape) and ``POST /v1/embeddings`` (OpenAI's).
+
+Thin: read and check the request, hand texts to ``EmbeddingService``, shape the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from openai.types import CreateEmbeddingResponse
+
+from egemma.errors import InvalidRequestError, PayloadTooLargeError, UnavailableError
+from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
+from egemma.ratelimit import rate_limit
+from egemma.runtime import Engines
+from egemma.services.embeddings import EmbeddingService, truncate
+from egemma.settings import Settings
+
+router = APIRouter(tags=["embeddings"])
+
+_ALLOWED_CONTROL = {0x09, 0x0A, 0x0C, 0x0D, 0x08, 0x1B}
+
+
+async def embedding_service(request: Request) -> EmbeddingService:
+    """The app's embedding service, created on first use (on the event loop: no race)."""
+    state = request.app.state
+    service: EmbeddingService | None = getattr(state, "embedding_service", None)
+    if service is not None:
+        return service
+    engines: Engines = state.engines
+    if engines.embedding is None:
+        status = engines.capability("embeddings")
+        reason = status.reason or status.status.replace("_", " ")
+        raise UnavailableError(
+            f"The embedding model is not available ({reason}).", code="model_not_loaded"
+        )
+    settings: Settings = state.settings
+    service = EmbeddingService.create(
+        engines.embedding, settings.embedding, settings.server.data_dir
+    )
+    state.embedding_service = service
+    state.shutdown_hooks.append(service.aclose)
+    return service
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+def _looks_binary(data: bytes, threshold: float) -> bool:
+    if b"\x00" in data:
+        return True
+    sample = data[:8192]
+    control = sum(1 for b in sample if (b < 32 and b not in _ALLOWED_CONTROL) or b == 127)
+    return bool(sample) and control / len(sample) > threshold
+
+
+def read_text_upload(data: bytes, settings: Settings) -> str:
+    """UTF-8 text of an upload, or 400 for binary, non-UTF-8 or empty content."""
+    if _looks_binary(data, settings.server.binary_detection_threshold):
+        raise InvalidRequestError(
+            "The file looks binary; upload UTF-8 text.", param="file", code="binary_file"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRequestError(
+            "The file is not valid UTF-8 text.", param="file", code="invalid_encoding"
+        ) from None
+    if not text.strip():
+        raise InvalidRequestError("The file is empty.", param="file", code="empty_input")
+    return text
+
+
+@router.post(
+    "/embed",
+    summary="Embed an uploaded text file (original eGemma shape)",
+    dependencies=[Depends(rate_limit("embed"))],
+    responses={200: {"content": {"application/json": {"example": {"embedding_128d": [0.1]}}}}},
+)
+async def embed(
+    request: Request,
+    file: Annotated[UploadFile, File(description="UTF-8 text to embed.")],
+    service: Annotated[EmbeddingService, Depends(embedding_service)],
+    dimensions: Annotated[
+        list[int] | None,
+        Query(description="Sizes to return (repeatable); default the smallest trained size."),
+    ] = None,
+    prompt_name: Annotated[str, Query(description="Task prompt, e.g. query, document.")] = (
+        "document"
+    ),
+    title: Annotated[str | None, Query(description="Document title (document prompts).")] = None,
+) -> Response:
+    settings: Settings = request.app.state.settings
+    limit = settings.server.max_file_size_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"The file is larger than {limit} bytes.", param="file")
+    text = read_text_upload(data, settings)
+    sizes = list(dict.fromkeys(dimensions or [service.default_dimensions]))
+    for size in sizes:
+        service.check_dimensions(size)
+    result = await service.embed([text], prompt_name=prompt_name, title=title)
+    return _json({f"embedding_{d}d": truncate(result.vectors, d)[0].tolist() for d in sizes})
+
+
+def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
+    raw = body.input
+    if isinstance(raw, str):
+        texts = [raw]
+    elif raw and isinstance(raw[0], int):
+        texts = [service.decode_tokens(raw)]
+    elif raw and isinstance(raw[0], list):
+        texts = [service.decode_tokens(ids) for ids in raw]
+    else:
+        texts = [t for t in raw if isinstance(t, str)]
+    if not texts:
+        raise InvalidRequestError("input must not be empty.", param="input", code="empty_input")
+    if len(texts) > MAX_INPUTS:
+        raise InvalidRequestError(
+            f"input holds {len(texts)} items; at most {MAX_INPUTS} are accepted.", param="input"
+        )
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidRequestError(
+                f"input[{i}] is empty.", param=f"input[{i}]", code="empty_input"
+            )
+    return texts
+
+
+def _encode(vector: np.ndarray, encoding_format: str) -> Any:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@router.post(
+    "/v1/embeddings",
+    summary="Create embeddings (OpenAI)",
+    responses={200: {"model": CreateEmbeddingResponse}},
+    dependencies=[Depends(rate_limit("embed"))],
+)
+async def create_embeddings(
+    body: EmbeddingRequest,
+    service: Annotated[EmbeddingService, Depends(embedding_service)],
+) -> Response:
+    texts = _inputs(body, service)
+    size = service.engine.dimension if body.dimensions is None else body.dimensions
+    service.check_dimensions(size)
+    result = await service.embed(texts, prompt_name=body.prompt_name)
+    vectors = result.vectors if size == service.engine.dimension else truncate(result.vectors, size)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens}
+    return _json({"object": "list", "data": data, "model": service.engine.name, "usage": usage})

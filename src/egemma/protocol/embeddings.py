@@ -1,0 +1,34 @@
+"""Wire models for ``POST /v1/embeddings`` (OpenAI) and ``POST /embed`` (the original eGemma).
+
+Responses reuse ``openai.types`` (``CreateEmbeddingResponse``); with ``encoding_format="base64"``
+each ``embedding`` is a base64 string of little-endian float32, as openai-python expects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI ``embeddings.create`` body; unknown fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] = Field(
+        description="A string, a list of strings, or token ids of this model's tokenizer.",
+    )
+    model: str | None = Field(None, description="Accepted; the server's embedding model answers.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="openai-python asks for base64 unless told otherwise."
+    )
+    dimensions: int | None = Field(
+        None, description="Truncate to this size, then re-normalise (1..model dimension)."
+    )
+    user: str | None = Field(None, description="Accepted and ignored.")
+    prompt_name: str | None = Field(
+        None, description="eGemma extension: a task prompt of the model (e.g. query, document)."
+    )

@@ -1,0 +1,348 @@
+"""Embeddings: task prompts, the two-level cache, dynamic batching and Matryoshka truncation.
+
+Requests hand in texts; each text gets its task prompt, is looked up in the cache (full vectors,
+keyed by model identity and prompted text) and the misses go through one ``DynamicBatcher``,
+which gathers concurrent requests into engine batches. Vectors leave as full-dimension unit
+vectors; ``truncate`` cuts them to a requested size and re-normalises (Matryoshka).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import numpy as np
+
+from egemma.cache import TwoLevelCache, cache_key
+from egemma.errors import InvalidRequestError, UnavailableError
+from egemma.settings import EmbeddingSettings
+
+log = logging.getLogger(__name__)
+
+# EmbeddingGemma's prompt names (model card), the ones the original /embed accepted. A model
+# without a prompt map (all-MiniLM-L6-v2) accepts them as no-ops so existing clients keep working.
+EMBEDDINGGEMMA_PROMPT_NAMES = (
+    "query",
+    "document",
+    "BitextMining",
+    "Clustering",
+    "Classification",
+    "InstructionRetrieval",
+    "MultilabelClassification",
+    "PairClassification",
+    "Reranking",
+    "Retrieval",
+    "Retrieval-query",
+    "Retrieval-document",
+    "STS",
+    "Summarization",
+)
+DOCUMENT_TITLE_SLOT = "title: none"
+INLINE_CACHE_LOOKUPS = 16  # more lookups than this go to a worker thread (disk reads block)
+
+
+class Encoder(Protocol):
+    """What the service needs from an embedding engine (``engines.onnx``, or a test fake)."""
+
+    name: str
+    dimension: int
+    max_length: int
+    identity: str
+    prompts: Mapping[str, str]
+    default_prompt_name: str | None
+    matryoshka_dims: tuple[int, ...]
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray  # (n, dimension) float32, unit length
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens)
+
+
+def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka: keep the first ``dimensions`` components, then L2-normalise again."""
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    out: np.ndarray = cut / norms
+    return out
+
+
+@dataclass
+class _Pending:
+    text: str
+    future: asyncio.Future[tuple[np.ndarray, int]]
+
+
+class DynamicBatcher:
+    """Gathers texts from concurrent requests into engine batches (one run at a time).
+
+    An idle engine runs a lone text at once (no added latency). While a run is in flight new
+    texts queue up; when it ends, the next batch takes up to ``max_batch`` of them, waiting at
+    most ``max_wait`` seconds for a fuller batch. At most ``queue_size`` texts wait: beyond that
+    a request is refused with 503 + Retry-After.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[str]], tuple[np.ndarray, list[int]]],
+        *,
+        max_batch: int,
+        max_wait: float,
+        queue_size: int,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.queue_size = queue_size
+        self._queue: deque[_Pending] = deque()
+        self._inflight: dict[str, asyncio.Future[tuple[np.ndarray, int]]] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0
+        self.texts_run = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, texts: Sequence[str]) -> list[tuple[np.ndarray, int]]:
+        """Vectors and token counts for ``texts`` (identical waiting texts share one slot)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._inflight]
+        if self._queue and len(self._queue) + len(new) > self.queue_size:
+            raise UnavailableError("The embedding queue is full; retry shortly.", retry_after=1)
+        loop = asyncio.get_running_loop()
+        for text in new:
+            fut: asyncio.Future[tuple[np.ndarray, int]] = loop.create_future()
+            self._inflight[text] = fut
+            fut.add_done_callback(functools.partial(self._forget, text))
+            self._queue.append(_Pending(text, fut))
+        futures = [self._inflight[t] for t in texts]
+        self._ensure_worker()
+        assert self._wakeup is not None
+        self._wakeup.set()
+        # shield: a client that leaves must not cancel a slot another request shares.
+        return list(await asyncio.gather(*(asyncio.shield(f) for f in futures)))
+
+    def _forget(self, text: str, fut: asyncio.Future[tuple[np.ndarray, int]]) -> None:
+        if self._inflight.get(text) is fut:
+            del self._inflight[text]
+
+    def _ensure_worker(self) -> None:
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._worker())
+
+    async def _gather_more(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(self._queue) < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue.popleft()
+            if not item.future.done():
+                batch.append(item)
+        return batch
+
+    async def _worker(self) -> None:
+        assert self._wakeup is not None
+        busy = False
+        while True:
+            if not self._queue:
+                busy = False
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                await asyncio.sleep(0)  # let texts that arrived in the same tick join
+            elif busy and self.max_wait > 0 and len(self._queue) < self.max_batch:
+                await self._gather_more()
+            batch = self._take()
+            if not batch:
+                continue
+            busy = True
+            try:
+                vectors, counts = await anyio.to_thread.run_sync(self._run, [p.text for p in batch])
+            except Exception as exc:  # the requests in this batch fail; the worker carries on
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.runs += 1
+            self.texts_run += len(batch)
+            for row, item in enumerate(batch):
+                if not item.future.done():
+                    item.future.set_result((vectors[row], counts[row]))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(UnavailableError("The server is shutting down."))
+        self._queue.clear()
+
+
+class EmbeddingService:
+    """Embeds texts for both endpoints: prompts → cache → batcher → cache."""
+
+    def __init__(
+        self, engine: Encoder, settings: EmbeddingSettings, cache: TwoLevelCache | None
+    ) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.batcher = DynamicBatcher(
+            engine.encode,
+            max_batch=settings.max_batch_size,
+            max_wait=settings.max_wait_ms / 1000.0,
+            queue_size=settings.queue_size,
+        )
+
+    @classmethod
+    def create(
+        cls, engine: Encoder, settings: EmbeddingSettings, data_dir: Path
+    ) -> EmbeddingService:
+        cache = None
+        if settings.cache_max_size > 0 or settings.disk_cache_bytes > 0:
+            cache = TwoLevelCache(
+                "embeddings",
+                data_dir / "cache" / "embeddings",
+                settings.cache_max_size,
+                settings.disk_cache_bytes,
+            )
+        return cls(engine, settings, cache)
+
+    # -- request checks ------------------------------------------------------------------------
+
+    @property
+    def prompt_names(self) -> list[str]:
+        return list(self.engine.prompts) or list(EMBEDDINGGEMMA_PROMPT_NAMES)
+
+    @property
+    def default_dimensions(self) -> int:
+        """``/embed``'s default: the smallest trained Matryoshka size, else the full size."""
+        dims = self.engine.matryoshka_dims
+        return min(dims) if dims else self.engine.dimension
+
+    def prefix(self, prompt_name: str | None, title: str | None = None) -> str:
+        """The text put before each input for ``prompt_name`` (400 when unknown).
+
+        ``title`` fills EmbeddingGemma's document slot (``title: none | text: ``); prompts
+        without that slot, and models without prompts, ignore it.
+        """
+        prompts = self.engine.prompts
+        if prompt_name is None:
+            prompt_name = self.engine.default_prompt_name
+            if prompt_name is None:
+                return ""
+        if prompt_name in prompts:
+            text = prompts[prompt_name]
+        elif not prompts and prompt_name in EMBEDDINGGEMMA_PROMPT_NAMES:
+            return ""  # a model trained without prompts: accepted, no prefix
+        else:
+            raise InvalidRequestError(
+                f"Unknown prompt_name {prompt_name!r} for {self.engine.name}; available: "
+                + ", ".join(self.prompt_names),
+                param="prompt_name",
+                code="unknown_prompt_name",
+            )
+        if title and DOCUMENT_TITLE_SLOT in text:
+            text = text.replace(DOCUMENT_TITLE_SLOT, f"title: {title}", 1)
+        return text
+
+    def check_dimensions(self, dimensions: int) -> int:
+        if not 1 <= dimensions <= self.engine.dimension:
+            raise InvalidRequestError(
+                f"dimensions must be between 1 and {self.engine.dimension} for "
+                f"{self.engine.name}, got {dimensions}",
+                param="dimensions",
+                code="invalid_dimensions",
+            )
+        return dimensions
+
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        try:
+            return self.engine.decode(ids)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="input", code="invalid_tokens") from None
+
+    # -- embedding -----------------------------------------------------------------------------
+
+    def _key(self, text: str) -> str:
+        return cache_key(model=self.engine.identity, text=text)
+
+    def _lookup(self, keys: Sequence[str]) -> list[tuple[np.ndarray, int] | None]:
+        out: list[tuple[np.ndarray, int] | None] = []
+        for key in keys:
+            value: Any = self.cache.get(key) if self.cache is not None else None
+            out.append(self._decode_entry(value))
+        return out
+
+    def _decode_entry(self, value: Any) -> tuple[np.ndarray, int] | None:
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], bytes)):
+            return None
+        vector = np.frombuffer(value[1], dtype=np.float32)
+        return (vector, int(value[0])) if vector.shape[0] == self.engine.dimension else None
+
+    def _store(self, entries: Sequence[tuple[str, np.ndarray, int]]) -> None:
+        if self.cache is None:
+            return
+        for key, vector, tokens in entries:
+            self.cache.set(key, (tokens, np.asarray(vector, dtype=np.float32).tobytes()))
+
+    async def embed(
+        self, texts: Sequence[str], prompt_name: str | None = None, title: str | None = None
+    ) -> EmbedResult:
+        """Full-dimension unit vectors for ``texts`` (prompt applied), in order."""
+        prefix = self.prefix(prompt_name, title)
+        prompted = [prefix + t for t in texts]
+        keys = [self._key(t) for t in prompted]
+        if len(keys) > INLINE_CACHE_LOOKUPS:
+            found = await anyio.to_thread.run_sync(self._lookup, keys)
+        else:
+            found = self._lookup(keys)
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            computed = await self.batcher.submit([prompted[i] for i in missing])
+            for i, value in zip(missing, computed, strict=True):
+                found[i] = value
+            fresh = [(keys[i], v, n) for i, (v, n) in zip(missing, computed, strict=True)]
+            await anyio.to_thread.run_sync(self._store, fresh)
+        hits = [f for f in found if f is not None]
+        vectors = np.stack([v for v, _ in hits]) if hits else np.empty((0, self.engine.dimension))
+        return EmbedResult(
+            vectors=vectors.astype(np.float32, copy=False), tokens=[n for _, n in hits]
+        )
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+        if self.cache is not None:
+            await anyio.to_thread.run_sync(self.cache.close)
