@@ -86,9 +86,10 @@ LOAD_INSTALLED := $(LOAD_VENV)/.installed
 LOAD_USERS ?= 12
 LOAD_SPAWN_RATE ?= 6
 LOAD_TIME ?= 60s
+BENCH ?=
 
 bench: $(TEST_INSTALLED) ## ratios against baselines from the same run; JSON under results/
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(if $(BENCH),--only $(BENCH))
 
 $(LOAD_INSTALLED): loadtests/requirements.txt
 	@echo "==> creating $(LOAD_VENV) for Locust"
