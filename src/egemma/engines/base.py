@@ -7,7 +7,7 @@ dataclasses in exactly one place and back again.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -134,12 +134,24 @@ class ChatEngine(Protocol):
 
 
 class EmbeddingEngine(Protocol):
-    """Encodes texts to L2-normalised full-dimension vectors."""
+    """Encodes texts to L2-normalised full-dimension vectors (``engines.onnx``; a hash-based fake
+    in tests). Blocking: the embeddings service calls ``encode`` from a worker thread, one batch
+    at a time. ``identity`` names the weights for cache keys; ``prompts`` maps task prompt names
+    to text prefixes; ``matryoshka_dims`` lists the trained truncation sizes (may be empty)."""
 
     name: str
     dimension: int
+    max_length: int
+    identity: str
+    prompts: Mapping[str, str]
+    default_prompt_name: str | None
+    matryoshka_dims: tuple[int, ...]
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+    def encode(self, texts: Sequence[str]) -> tuple[Any, list[int]]:
+        """(n × dimension float32 array of unit vectors, token count per text)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
 
     def close(self) -> None: ...
 

@@ -13,15 +13,16 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import numpy as np
 
 from egemma.cache import TwoLevelCache, cache_key
+from egemma.engines.base import EmbeddingEngine
 from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.settings import EmbeddingSettings
 
@@ -47,22 +48,6 @@ EMBEDDINGGEMMA_PROMPT_NAMES = (
 )
 DOCUMENT_TITLE_SLOT = "title: none"
 INLINE_CACHE_LOOKUPS = 16  # more lookups than this go to a worker thread (disk reads block)
-
-
-class Encoder(Protocol):
-    """What the service needs from an embedding engine (``engines.onnx``, or a test fake)."""
-
-    name: str
-    dimension: int
-    max_length: int
-    identity: str
-    prompts: Mapping[str, str]
-    default_prompt_name: str | None
-    matryoshka_dims: tuple[int, ...]
-
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
 
 
 @dataclass
@@ -215,7 +200,7 @@ class EmbeddingService:
     """Embeds texts for both endpoints: prompts → cache → batcher → cache."""
 
     def __init__(
-        self, engine: Encoder, settings: EmbeddingSettings, cache: TwoLevelCache | None
+        self, engine: EmbeddingEngine, settings: EmbeddingSettings, cache: TwoLevelCache | None
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -228,7 +213,7 @@ class EmbeddingService:
 
     @classmethod
     def create(
-        cls, engine: Encoder, settings: EmbeddingSettings, data_dir: Path
+        cls, engine: EmbeddingEngine, settings: EmbeddingSettings, data_dir: Path
     ) -> EmbeddingService:
         cache = None
         if settings.cache_max_size > 0 or settings.disk_cache_bytes > 0:
