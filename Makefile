@@ -116,5 +116,8 @@ flake-check: $(TEST_INSTALLED) ## parse flake.nix with tree-sitter-nix and check
 lock: $(TEST_INSTALLED) ## refresh uv.lock from pyproject.toml (run after changing a dependency)
 	$(BIN)/uv lock
 
+print-model-packages: # used by the Dockerfiles to keep the model packages when pruning the venv
+	@echo $(MODEL_PACKAGES)
+
 clean: ## remove .venv and build leftovers (keeps the wheel cache and DATA_DIR)
 	rm -rf $(VENV) $(LOAD_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

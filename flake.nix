@@ -122,12 +122,15 @@
           hacks = pkgs.callPackage pyproject-nix.build.hacks { };
           wheelPackage =
             final: name: spec:
-            final.stdenv.mkDerivation {
+            pkgs.stdenv.mkDerivation {
               pname = name;
               inherit (spec) version;
               src = pkgs.fetchurl { inherit (spec) url hash; };
               nativeBuildInputs = [ final.pyprojectWheelHook ];
-              passthru.dependencies = { };
+              passthru = {
+                dependencies = { };
+                optional-dependencies = { };
+              };
             };
           buildFixups = final: prev: {
             # sdist only: scikit-build-core drives CMake with the flags above.
@@ -150,7 +153,7 @@
             torch =
               (hacks.nixpkgsPrebuilt {
                 from = pkgs.python311Packages.torch;
-                inherit prev;
+                prev = prev.torch;
               }).overrideAttrs
                 (old: {
                   passthru = old.passthru // {
@@ -171,7 +174,7 @@
         in
         (pkgs.callPackage pyproject-nix.build.packages { inherit python; }).overrideScope (
           lib.composeManyExtensions [
-            pyproject-build-systems.overlays.wheel
+            pyproject-build-systems.overlays.default
             overlay
             buildFixups
             models
@@ -257,13 +260,24 @@
         }
       );
 
-      apps = forAllSystems (pkgs: {
-        default = {
-          type = "app";
-          program = "${lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.default}";
-          meta.description = "serve eGemma (egemma serve) with the shipped models";
-        };
-      });
+      apps = forAllSystems (
+        pkgs:
+        let
+          egemma = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+          # `nix run .` serves; `nix run . -- models` (any arguments) runs that command instead.
+          serve = pkgs.writeShellScript "egemma-app" ''
+            if [ "$#" -eq 0 ]; then set -- serve; fi
+            exec ${egemma} "$@"
+          '';
+        in
+        {
+          default = {
+            type = "app";
+            program = "${serve}";
+            meta.description = "serve eGemma (egemma serve) with the shipped models";
+          };
+        }
+      );
 
       devShells = forAllSystems (pkgs: {
         # The Makefile workflow: `make install` builds llama-cpp-python with CMAKE_ARGS below.
@@ -304,8 +318,7 @@
                 export HOME=$TMPDIR DATA_DIR=$TMPDIR/data HF_HUB_OFFLINE=1
                 export EMBEDDING_MODEL_PATH=${self.packages.${system}.embeddingModel}
                 export PERSONAS_DIR=${./personas}
-                cp -r ${./tests} tests && chmod -R u+w tests
-                cp ${./pyproject.toml} pyproject.toml
+                cp -r ${./.}/. . && chmod -R u+w .
                 egemma prepare-models
                 python -m pytest -p no:cacheprovider tests
                 touch $out
