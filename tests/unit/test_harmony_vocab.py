@@ -50,6 +50,7 @@ def test_ensure_writes_verified_file_once(tmp_path: Path) -> None:
     target = vocab_dir / VOCAB_FILENAME
     assert hashlib.sha256(target.read_bytes()).hexdigest() == VOCAB_SHA256
     assert target.stat().st_size == 3_613_922
+    assert target.stat().st_mode & 0o777 == 0o644
     stamp = target.stat().st_mtime_ns
     assert ensure_harmony_vocab(tmp_path) == vocab_dir
     assert target.stat().st_mtime_ns == stamp

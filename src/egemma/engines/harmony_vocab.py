@@ -114,6 +114,8 @@ def ensure_harmony_vocab(data_dir: Path) -> Path:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; the file is public data another (non-root) user may serve from.
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
