@@ -144,6 +144,20 @@ def _prepare_embeddings(settings: Settings) -> None:
 PREPARE_HOOKS.append(_prepare_embeddings)
 
 
+def _prepare_harmony_vocab(settings: Settings) -> None:
+    # openai-harmony would download o200k_base.tiktoken at first use; convert quicktok's copy.
+    from egemma.engines.harmony_vocab import VOCAB_FILENAME, HarmonyVocabError, ensure_harmony_vocab
+
+    try:
+        vocab_dir = ensure_harmony_vocab(settings.server.data_dir)
+    except HarmonyVocabError as exc:
+        raise SystemExit(f"egemma: harmony vocabulary: {exc}") from None
+    print(f"prepared {vocab_dir / VOCAB_FILENAME}")
+
+
+PREPARE_HOOKS.append(_prepare_harmony_vocab)
+
+
 def _add_export_parser(sub: Any) -> None:
     export = sub.add_parser(
         "export-embeddings", help="export a sentence-transformers folder to ONNX (offline)"
