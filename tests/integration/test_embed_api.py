@@ -1,0 +1,217 @@
+"""/embed and /v1/embeddings through the app with a fake engine (httpx, in-process)."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+
+from egemma.runtime import Engines
+from egemma.settings import Settings
+from tests.conftest import AUTH, TEST_KEY, make_settings
+from tests.fakes.embedding_models import GEMMA_PROMPTS
+from tests.fakes.embeddings import FakeEmbeddingEngine
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings(
+        WORKBENCH_API_KEY=TEST_KEY, EMBED_RATE_LIMIT_CALLS=1000, MAX_FILE_SIZE_BYTES=1000
+    )
+
+
+@pytest.fixture
+def fake() -> FakeEmbeddingEngine:
+    return FakeEmbeddingEngine(dimension=64, prompts=GEMMA_PROMPTS, matryoshka_dims=(64, 32, 16))
+
+
+@pytest.fixture
+def engines(fake: FakeEmbeddingEngine) -> Engines:
+    engines = Engines(embedding=fake)
+    status = engines.capability("embeddings")
+    status.status, status.name = "loaded", fake.name
+    return engines
+
+
+def _unit(v: list[float]) -> np.ndarray:
+    arr = np.asarray(v, dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(arr), 1.0, rtol=1e-5)
+    return arr
+
+
+async def test_embed_original_shape(client: httpx.AsyncClient, fake: FakeEmbeddingEngine) -> None:
+    r = await client.post(
+        "/embed?dimensions=16&dimensions=64&prompt_name=query",
+        files={"file": ("signature.txt", b"def f(): pass")},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert list(body) == ["embedding_16d", "embedding_64d"]
+    full = _unit(body["embedding_64d"])
+    np.testing.assert_allclose(full, fake.vector(GEMMA_PROMPTS["query"] + "def f(): pass"), 1e-5)
+    cut = _unit(body["embedding_16d"])
+    np.testing.assert_allclose(cut, full[:16] / np.linalg.norm(full[:16]), rtol=1e-5)
+
+
+async def test_embed_defaults_document_prompt_and_smallest_trained_size(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine
+) -> None:
+    r = await client.post(
+        "/embed?title=Guide", files={"file": ("a.md", "# Überschrift\n".encode())}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+    assert list(r.json()) == ["embedding_16d"]
+    assert fake.calls == [["title: Guide | text: # Überschrift\n"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"\x00\x01\x02\x03binary", "binary_file"),
+        ("caf\u00e9".encode("latin-1"), "invalid_encoding"),
+        (b"   \n\t ", "empty_input"),
+        (b"", "empty_input"),
+    ],
+)
+async def test_embed_rejects_bad_files(
+    client: httpx.AsyncClient, content: bytes, code: str
+) -> None:
+    r = await client.post("/embed", files={"file": ("x.txt", content)}, headers=AUTH)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == code
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_embed_too_large_is_413(client: httpx.AsyncClient) -> None:
+    r = await client.post("/embed", files={"file": ("x.txt", b"a" * 1001)}, headers=AUTH)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("query", ["dimensions=65", "dimensions=0", "prompt_name=search_query"])
+async def test_embed_bad_parameters_are_400(client: httpx.AsyncClient, query: str) -> None:
+    r = await client.post(f"/embed?{query}", files={"file": ("x.txt", b"hi")}, headers=AUTH)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] in {"dimensions", "prompt_name"}
+
+
+async def test_v1_embeddings_float_and_base64(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine
+) -> None:
+    r = await client.post(
+        "/v1/embeddings", json={"input": ["a b", "c"], "model": "whatever"}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list"
+    assert body["model"] == fake.name
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    floats = np.asarray(body["data"][1]["embedding"], dtype=np.float32)
+    r = await client.post(
+        "/v1/embeddings",
+        json={"input": "c", "model": "m", "encoding_format": "base64", "dimensions": 16},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    raw = base64.b64decode(r.json()["data"][0]["embedding"])
+    cut = np.frombuffer(raw, dtype="<f4")
+    assert cut.shape == (16,)
+    np.testing.assert_allclose(cut, floats[:16] / np.linalg.norm(floats[:16]), rtol=1e-5)
+
+
+async def test_v1_embeddings_token_arrays(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine
+) -> None:
+    r = await client.post("/v1/embeddings", json={"input": [1, 2], "model": "m"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/v1/embeddings", json={"input": [[1, 2], [3]], "model": "m"}, headers=AUTH
+    )
+    assert r.status_code == 200
+    assert len(r.json()["data"]) == 2
+    assert fake.calls == [["w1 w2"], ["w3"]]  # the second request found "w1 w2" cached
+    r = await client.post("/v1/embeddings", json={"input": [10**9], "model": "m"}, headers=AUTH)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "input"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"input": "x", "model": "m", "dimensions": 65},
+        {"input": "x", "model": "m", "dimensions": 0},
+        {"input": [], "model": "m"},
+        {"input": ["ok", " "], "model": "m"},
+        {"input": "x", "model": "m", "encoding_format": "int8"},
+        {"input": "x", "model": "m", "prompt_name": "nope"},
+        {"input": [1.5], "model": "m"},
+        {"model": "m"},
+    ],
+)
+async def test_v1_embeddings_bad_requests(client: httpx.AsyncClient, payload: dict) -> None:
+    r = await client.post("/v1/embeddings", json=payload, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_v1_embeddings_prompt_extension(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine
+) -> None:
+    r = await client.post(
+        "/v1/embeddings", json={"input": "q", "model": "m", "prompt_name": "query"}, headers=AUTH
+    )
+    assert r.status_code == 200
+    assert fake.calls == [[GEMMA_PROMPTS["query"] + "q"]]
+
+
+async def test_embedding_routes_need_the_key(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"input": "x", "model": "m"})
+    assert r.status_code == 401
+    r = await client.post("/embed", files={"file": ("x.txt", b"x")})
+    assert r.status_code == 401
+
+
+async def test_embed_bucket_rate_limits(fake: FakeEmbeddingEngine) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from egemma.app import create_app
+
+    app = create_app(
+        make_settings(WORKBENCH_API_KEY=TEST_KEY, EMBED_RATE_LIMIT_CALLS=2),
+        engines=Engines(embedding=fake),
+    )
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            codes = [
+                (await http.post("/v1/embeddings", json={"input": "x"}, headers=AUTH)).status_code
+                for _ in range(3)
+            ]
+            r = await http.post("/embed", files={"file": ("x.txt", b"x")}, headers=AUTH)
+    assert codes == [200, 200, 429]
+    assert r.status_code == 429
+    assert "Try again in" in r.json()["error"]["message"]
+
+
+async def test_not_loaded_is_503(settings: Settings) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from egemma.app import create_app
+
+    engines = Engines()
+    status = engines.capability("embeddings")
+    status.status, status.reason = "error", "EMBEDDING_MODEL_PATH: nope is not a folder"
+    app = create_app(settings, engines=engines)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            r = await http.post("/v1/embeddings", json={"input": "x"}, headers=AUTH)
+    assert r.status_code == 503
+    assert "EMBEDDING_MODEL_PATH" in r.json()["error"]["message"]
+    assert r.headers["Retry-After"]
