@@ -37,6 +37,21 @@ class GenerationStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _property_order(schema: Any) -> list[str]:
+    order: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                order += [k for k in props if k not in order]
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return order
+
+
 class LlamaChatEngine:
     """A loaded GGUF with its metadata, tokenizer and FIFO."""
 
@@ -74,7 +89,7 @@ class LlamaChatEngine:
             flash_attn=settings.flash_attn,
             verbose=False,
         )
-        train_ctx = llm.n_ctx_train()
+        train_ctx = llm._model.n_ctx_train()
         if settings.n_ctx > train_ctx:
             # More context than the model was trained for only wastes memory and degrades output.
             del llm
@@ -129,11 +144,15 @@ class LlamaChatEngine:
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
         from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)
         grammar = self._grammar_cache.get(key)
         if grammar is None:
-            grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+            # Keep the schema's own property order (the converter sorts alphabetically otherwise):
+            # a call's "name" must come before its "arguments" so it can be streamed.
+            gbnf = json_schema_to_gbnf(key, prop_order=_property_order(schema))
+            grammar = LlamaGrammar.from_string(gbnf, verbose=False)
             if len(self._grammar_cache) > 64:
                 self._grammar_cache.clear()
             self._grammar_cache[key] = grammar

@@ -1,0 +1,107 @@
+"""``POST /v1/responses`` (JSON or SSE) and ``POST /v1/responses/input_tokens``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from egemma.api.sse import EventStreamResponse
+from egemma.engines.queue import ClientGoneError, QueueFullError, QueueTimeoutError
+from egemma.errors import UnavailableError
+from egemma.protocol.responses import ResponsesRequest
+from egemma.ratelimit import rate_limit
+from egemma.services.responses import ResponsesService
+
+router = APIRouter(tags=["responses"])
+
+TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
+
+
+def responses_service(request: Request) -> ResponsesService:
+    state = request.app.state
+    service = getattr(state, "responses_service", None)
+    if service is None:
+        service = ResponsesService(state.engines, state.settings, getattr(state, "store", None))
+        state.responses_service = service
+    return service
+
+
+async def acquire_slot(engine: Any, request: Request) -> bool:
+    """Wait in the model's FIFO. False when the client left while waiting."""
+    if request.app.state.draining:
+        raise UnavailableError("The server is shutting down.", retry_after=5, code="draining")
+    try:
+        await engine.queue.acquire(request.is_disconnected)
+    except QueueFullError:
+        raise UnavailableError(
+            f"Model '{engine.name}' is busy: its queue is full. Retry shortly.", retry_after=2
+        ) from None
+    except QueueTimeoutError:
+        raise UnavailableError(
+            f"Model '{engine.name}' is busy: waited too long in its queue.", retry_after=5
+        ) from None
+    except ClientGoneError:
+        return False
+    return True
+
+
+async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """For non-streaming calls: stop generating when the client hangs up."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(0.25)
+
+
+def _releaser(engine: Any, cancel: threading.Event) -> Any:
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        cancel.set()
+        if not released:
+            released = True
+            engine.queue.release()
+
+    return release
+
+
+@router.post("/v1/responses", dependencies=[Depends(rate_limit("chat"))])
+async def create_response(
+    body: ResponsesRequest,
+    request: Request,
+    service: ResponsesService = Depends(responses_service),
+) -> Response:
+    prepared = await service.prepare(body)
+    engine = prepared.engine
+    if not await acquire_slot(engine, request):
+        return Response(status_code=499)
+    cancel = threading.Event()
+    release = _releaser(engine, cancel)
+    if body.stream:
+        return EventStreamResponse(service.events(prepared, cancel), on_close=release)
+    watcher = asyncio.create_task(watch_disconnect(request, cancel))
+    final: dict[str, Any] | None = None
+    try:
+        async for event in service.events(prepared, cancel):
+            if event["type"] in TERMINAL:
+                final = event["response"]
+    finally:
+        release()
+        watcher.cancel()
+    if final is None:
+        return Response(status_code=499)  # the client left; nobody reads this
+    return JSONResponse(final)
+
+
+@router.post("/v1/responses/input_tokens")
+async def count_input_tokens(
+    body: ResponsesRequest, service: ResponsesService = Depends(responses_service)
+) -> dict[str, Any]:
+    tokens = await service.count_input_tokens(body)
+    return {"object": "response.input_tokens", "input_tokens": tokens}

@@ -1,0 +1,92 @@
+"""The one SSE writer: ``event: {type}\\ndata: {one json.dumps}\\n\\n`` with ``sequence_number``.
+
+Each ``data:`` line is exactly one ``json.dumps`` payload, which escapes ``\\n`` and ``\\r``: model
+text can never forge an event. Event names come from our code, never from user or model text.
+During a long prefill, ``: keep-alive`` comments keep proxies from timing the stream out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 10.0
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {payload}\n\n".encode()
+
+
+async def sse_bytes(
+    events: AsyncIterator[dict[str, Any]], keepalive: float = KEEPALIVE_SECONDS
+) -> AsyncIterator[bytes]:
+    """Stamp ``sequence_number`` from 0 and frame each event; comments while waiting."""
+    sequence = 0
+    pending: asyncio.Task[dict[str, Any]] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield b": keep-alive\n\n"
+                continue
+            task, pending = pending, None
+            try:
+                event = task.result()
+            except StopAsyncIteration:
+                return
+            except Exception:
+                log.exception("event stream failed")
+                error = {"type": "error", "sequence_number": sequence, "code": "server_error",
+                         "message": "Internal server error", "param": None}
+                yield encode_event(error)
+                return
+            yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
+            sequence += 1
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+
+
+class EventStreamResponse(StreamingResponse):
+    """SSE response that always cleans up in its own ``finally`` — not the generator's, which
+    never runs when Starlette abandons it on disconnect (reliability.md §1)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[dict[str, Any]],
+        on_close: Callable[[], None],
+        keepalive: float = KEEPALIVE_SECONDS,
+    ) -> None:
+        self._events = events
+        self._on_close = on_close
+        super().__init__(sse_bytes(events, keepalive), headers=HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+            await asyncio.shield(self._close_iterators())
+
+    async def _close_iterators(self) -> None:
+        for iterator in (self.body_iterator, self._events):
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # closing must never mask the response's own outcome
+                    log.debug("closing the event stream raised", exc_info=True)

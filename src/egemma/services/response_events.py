@@ -1,0 +1,206 @@
+"""Parsed output deltas → the canonical Responses event sequence and the final ``Response``.
+
+Per item: ``output_item.added → content_part.added → *.delta → *.done → content_part.done →
+output_item.done`` (responses-protocol.md §5); function calls stream
+``function_call_arguments.delta/.done``; reasoning streams ``reasoning_text.*`` and, when the
+request asks for a summary, ``reasoning_summary_part.*`` / ``reasoning_summary_text.*`` too.
+Events are plain dicts without ``sequence_number``: ``api/sse.py`` stamps it, the one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from egemma.engines.base import OutputDelta
+from egemma.ids import new_id
+
+Event = dict[str, Any]
+
+
+class ResponseBuilder:
+    """Accumulates one response; every method returns the events it implies, in order."""
+
+    def __init__(self, response: dict[str, Any], *, summary: bool, tool_names: set[str]) -> None:
+        self.response = response
+        self.summary = summary
+        self.tool_names = tool_names
+        self.output: list[dict[str, Any]] = response["output"]
+        self._item: dict[str, Any] | None = None
+        self._text = ""
+        self.invalid_tool_calls: list[str] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> list[Event]:
+        snapshot = self.snapshot()
+        return [
+            {"type": "response.created", "response": snapshot},
+            {"type": "response.in_progress", "response": snapshot},
+        ]
+
+    def snapshot(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.response))  # a detached copy for the event
+
+    def feed(self, delta: OutputDelta) -> list[Event]:
+        events: list[Event] = []
+        kind = {"text": "message", "reasoning": "reasoning"}.get(delta.kind, "function_call")
+        if delta.kind == "tool_arguments":
+            if self._item is None or self._item["type"] != "function_call":
+                return events  # arguments with no open call: nothing to attach them to
+        elif delta.kind == "tool_call" or self._item is None or self._item["type"] != kind:
+            events += self._close("completed")
+            events += self._open(kind, delta)
+            if delta.kind == "tool_call":
+                return events
+        if not delta.text:
+            return events
+        self._text += delta.text
+        events += self._delta(delta.text)
+        return events
+
+    def finish(
+        self,
+        status: str,
+        usage: dict[str, Any],
+        *,
+        incomplete_reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> list[Event]:
+        item_status = "incomplete" if status == "incomplete" else "completed"
+        events = self._close(item_status)
+        self.response["status"] = status
+        self.response["usage"] = usage
+        self.response["completed_at"] = int(time.time()) if status == "completed" else None
+        if incomplete_reason:
+            self.response["incomplete_details"] = {"reason": incomplete_reason}
+        if error:
+            self.response["error"] = error
+        terminal = {
+            "completed": "response.completed",
+            "incomplete": "response.incomplete",
+            "failed": "response.failed",
+        }[status]
+        events.append({"type": terminal, "response": self.snapshot()})
+        return events
+
+    # -- items --------------------------------------------------------------------------------
+
+    def _open(self, kind: str, delta: OutputDelta) -> list[Event]:
+        index = len(self.output)
+        self._text = ""
+        if kind == "message":
+            item: dict[str, Any] = {
+                "id": new_id("msg"), "type": "message", "role": "assistant",
+                "status": "in_progress", "content": [],
+            }
+        elif kind == "reasoning":
+            item = {
+                "id": new_id("rs"), "type": "reasoning", "status": "in_progress",
+                "summary": [], "content": [],
+            }
+        else:
+            item = {
+                "id": new_id("fc"), "type": "function_call", "status": "in_progress",
+                "call_id": new_id("call"), "name": delta.name or "", "arguments": "",
+            }
+        self.output.append(item)
+        self._item = item
+        events: list[Event] = [
+            {"type": "response.output_item.added", "output_index": index, "item": _copy(item)}
+        ]
+        if kind == "message":
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(self._part_event("response.content_part.added", part))
+        elif kind == "reasoning":
+            part = {"type": "reasoning_text", "text": ""}
+            events.append(self._part_event("response.content_part.added", part))
+            if self.summary:
+                events.append(self._summary_event("response.reasoning_summary_part.added", ""))
+        return events
+
+    def _delta(self, text: str) -> list[Event]:
+        item = self._item
+        assert item is not None
+        base = {"item_id": item["id"], "output_index": len(self.output) - 1}
+        if item["type"] == "message":
+            return [{"type": "response.output_text.delta", **base, "content_index": 0,
+                     "delta": text, "logprobs": []}]
+        if item["type"] == "reasoning":
+            events: list[Event] = [
+                {"type": "response.reasoning_text.delta", **base, "content_index": 0,
+                 "delta": text}
+            ]
+            if self.summary:
+                events.append({"type": "response.reasoning_summary_text.delta", **base,
+                               "summary_index": 0, "delta": text})
+            return events
+        return [{"type": "response.function_call_arguments.delta", **base, "delta": text}]
+
+    def _close(self, status: str) -> list[Event]:
+        item, text = self._item, self._text
+        if item is None:
+            return []
+        self._item = None
+        index = len(self.output) - 1
+        base = {"item_id": item["id"], "output_index": index}
+        events: list[Event] = []
+        if item["type"] == "message":
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            item["content"] = [part]
+            events += [
+                {"type": "response.output_text.done", **base, "content_index": 0, "text": text,
+                 "logprobs": []},
+                self._part_event("response.content_part.done", part, item),
+            ]
+        elif item["type"] == "reasoning":
+            part = {"type": "reasoning_text", "text": text}
+            item["content"] = [part]
+            events += [
+                {"type": "response.reasoning_text.done", **base, "content_index": 0, "text": text},
+                self._part_event("response.content_part.done", part, item),
+            ]
+            if self.summary:
+                item["summary"] = [{"type": "summary_text", "text": text}]
+                events += [
+                    {"type": "response.reasoning_summary_text.done", **base, "summary_index": 0,
+                     "text": text},
+                    self._summary_event("response.reasoning_summary_part.done", text, item),
+                ]
+        else:
+            item["arguments"] = text
+            if status == "completed" and not self._valid_call(item):
+                self.invalid_tool_calls.append(item["name"])
+            events.append({"type": "response.function_call_arguments.done", **base,
+                           "name": item["name"], "arguments": text})
+        item["status"] = status
+        events.append({"type": "response.output_item.done", "output_index": index,
+                       "item": _copy(item)})
+        return events
+
+    def _valid_call(self, item: dict[str, Any]) -> bool:
+        if item["name"] not in self.tool_names:
+            return False
+        try:
+            return isinstance(json.loads(item["arguments"] or "{}"), dict)
+        except ValueError:
+            return False
+
+    def _part_event(
+        self, kind: str, part: dict[str, Any], item: dict[str, Any] | None = None
+    ) -> Event:
+        item = item or self._item
+        assert item is not None
+        return {"type": kind, "item_id": item["id"], "output_index": len(self.output) - 1,
+                "content_index": 0, "part": dict(part)}
+
+    def _summary_event(self, kind: str, text: str, item: dict[str, Any] | None = None) -> Event:
+        item = item or self._item
+        assert item is not None
+        return {"type": kind, "item_id": item["id"], "output_index": len(self.output) - 1,
+                "summary_index": 0, "part": {"type": "summary_text", "text": text}}
+
+
+def _copy(item: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(item))  # type: ignore[no-any-return]
