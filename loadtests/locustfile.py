@@ -222,8 +222,8 @@ class ToolCallUser(FastHttpUser):
 class EmbeddingsUser(FastHttpUser):
     """OpenAI-shaped embeddings, small batches of varied sentences (cache hits included)."""
 
-    weight = 4
-    wait_time = between(0.05, 0.3)
+    weight = 3
+    wait_time = between(0.2, 0.6)
 
     @task
     def embeddings(self) -> None:
