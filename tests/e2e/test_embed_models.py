@@ -281,3 +281,29 @@ def test_base64_is_little_endian_float32(minilm_onnx: Path) -> None:
         engine.close()
     encoded = base64.b64encode(vec[0].astype("<f4").tobytes())
     assert np.frombuffer(base64.b64decode(encoded), dtype="<f4").shape == (384,)
+
+
+def test_prepare_models_skips_a_current_export(minilm_onnx: Path, tmp_path: Path) -> None:
+    from egemma.export import export_is_current, prepare_default
+    from egemma.modelfiles import MINILM_ONNX_DIR, models_dir
+
+    assert export_is_current(minilm_source(), minilm_onnx)
+    target = models_dir(tmp_path) / MINILM_ONNX_DIR
+    target.parent.mkdir(parents=True)
+    target.symlink_to(minilm_onnx, target_is_directory=True)
+    assert prepare_default(tmp_path) == target  # current: no second export
+
+
+async def test_broken_model_folder_is_a_capability_error(tmp_path: Path) -> None:
+    (tmp_path / "not-exported").mkdir()
+    app = create_app(_settings(tmp_path / "not-exported"))  # type: ignore[arg-type]
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            health = (await http.get("/health")).json()["embedding_model"]
+            r = await http.post("/v1/embeddings", json={"input": "x"}, headers=AUTH)
+            ready = await http.get("/ready")
+    assert health["status"] == "error"
+    assert "egemma export-embeddings" in health["reason"]
+    assert r.status_code == 503
+    assert ready.status_code == 503
