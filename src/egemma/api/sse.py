@@ -48,8 +48,13 @@ async def sse_bytes(
                 return
             except Exception:
                 log.exception("event stream failed")
-                error = {"type": "error", "sequence_number": sequence, "code": "server_error",
-                         "message": "Internal server error", "param": None}
+                error = {
+                    "type": "error",
+                    "sequence_number": sequence,
+                    "code": "server_error",
+                    "message": "Internal server error",
+                    "param": None,
+                }
                 yield encode_event(error)
                 return
             yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
@@ -69,11 +74,11 @@ class EventStreamResponse(StreamingResponse):
         self,
         events: AsyncIterator[dict[str, Any]],
         on_close: Callable[[], None],
-        keepalive: float = KEEPALIVE_SECONDS,
+        body: AsyncIterator[bytes] | None = None,
     ) -> None:
         self._events = events
         self._on_close = on_close
-        super().__init__(sse_bytes(events, keepalive), headers=HEADERS)
+        super().__init__(body if body is not None else sse_bytes(events), headers=HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

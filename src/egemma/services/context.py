@@ -114,8 +114,7 @@ def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
         raise InvalidRequestError(
             "Schemas with $ref are not supported.", param=param, code="unsupported_schema"
         )
-    clean = {k: v for k, v in schema.items() if k not in ("$schema", "title")}
-    return clean
+    return {k: v for k, v in schema.items() if k not in ("$schema", "title")}
 
 
 def parse_tools(tools: list[Any] | None, *, param: str = "tools") -> list[ToolSpec]:
@@ -182,7 +181,9 @@ class ToolMode:
         return () if self.mode == "none" else self.tools
 
 
-def parse_tool_choice(choice: Any, tools: list[ToolSpec], *, param: str = "tool_choice") -> ToolMode:
+def parse_tool_choice(
+    choice: Any, tools: list[ToolSpec], *, param: str = "tool_choice"
+) -> ToolMode:
     by_name = {t.name: t for t in tools}
     if choice is None or choice == "auto":
         return ToolMode("auto" if tools else "none", tuple(tools))

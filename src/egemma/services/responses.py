@@ -56,7 +56,9 @@ def resolve_engine(engines: Engines, settings: Settings, requested: str | None) 
     status = engines.capability("chat")
     if not engines.chat:
         reason = status.reason or status.status
-        raise UnavailableError(f"The chat model is not available ({reason}).", code="model_unavailable")
+        raise UnavailableError(
+            f"The chat model is not available ({reason}).", code="model_unavailable"
+        )
     if not requested:
         return engines.chat[engines.chat_default or next(iter(engines.chat))]
     name = settings.chat.aliases().get(requested, requested)
@@ -98,9 +100,7 @@ class ResponsesService:
             current = response.get("previous_response_id")
         return [item for link in reversed(chain) for item in link]
 
-    async def _context(
-        self, req: ResponsesRequest
-    ) -> tuple[list[Item], list[Item], str | None]:
+    async def _context(self, req: ResponsesRequest) -> tuple[list[Item], list[Item], str | None]:
         """(new input items, full context items, conversation id)."""
         if req.input is None or req.input == [] or req.input == "":
             raise InvalidRequestError("input is required.", param="input")
@@ -166,7 +166,16 @@ class ResponsesService:
         builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in tools})
         known = frozenset(i["id"] for i in context[: len(context) - len(new_items)] if "id" in i)
         return Prepared(
-            engine, plan, params, builder, tools, tool_mode, new_items, store, conversation_id, known
+            engine,
+            plan,
+            params,
+            builder,
+            tools,
+            tool_mode,
+            new_items,
+            store,
+            conversation_id,
+            known,
         )
 
     async def count_input_tokens(self, req: ResponsesRequest) -> int:
@@ -193,43 +202,50 @@ class ResponsesService:
         """The whole event sequence. The caller holds ``p.engine``'s slot."""
         builder = p.builder
         stats = GenerationStats()
-        reasoning_tokens = 0
         for event in builder.start():
             yield event
+        counter = [0]
         try:
-            parser = p.plan.make_parser()
-            for token_id in p.plan.prefill:
-                parser.feed(GeneratedToken(token_id, ""))
-            async for token in stream_tokens(p.engine, p.plan, p.params, cancel, stats):
-                deltas = parser.feed(token)
-                if any(d.kind == "reasoning" for d in deltas):
-                    reasoning_tokens += 1
-                for delta in deltas:
-                    for event in builder.feed(delta):
-                        yield event
+            async for event in self._generate(p, cancel, stats, counter):
+                yield event
             if stats.finish_reason == "cancelled":
                 return  # the client left: nobody to tell
-            for delta in parser.finish():
-                for event in builder.feed(delta):
-                    yield event
         except Exception:
             log.exception("generation failed")
-            usage = _usage(stats, reasoning_tokens)
-            for event in builder.finish(
-                "failed", usage, error={"code": "server_error", "message": "Generation failed."}
-            ):
+            error = {"code": "server_error", "message": "Generation failed."}
+            for event in builder.finish("failed", _usage(stats, counter[0]), error=error):
                 yield event
             return
+        reasoning_tokens = counter[0]
         for event in await self._finish(p, stats, reasoning_tokens):
             yield event
+
+    async def _generate(
+        self, p: Prepared, cancel: threading.Event, stats: GenerationStats, reasoning: list[int]
+    ) -> AsyncIterator[Event]:
+        parser = p.plan.make_parser()
+        for token_id in p.plan.prefill:
+            parser.feed(GeneratedToken(token_id, ""))
+        async for token in stream_tokens(p.engine, p.plan, p.params, cancel, stats):
+            deltas = parser.feed(token)
+            if any(d.kind == "reasoning" for d in deltas):
+                reasoning[0] += 1
+            for delta in deltas:
+                for event in p.builder.feed(delta):
+                    yield event
+        if stats.finish_reason != "cancelled":
+            for delta in parser.finish():
+                for event in p.builder.feed(delta):
+                    yield event
 
     async def _finish(self, p: Prepared, stats: GenerationStats, reasoning: int) -> list[Event]:
         builder = p.builder
         usage = _usage(stats, reasoning)
         problem = self._check_calls(p)
         if problem:
-            return builder.finish("failed", usage, error={"code": "invalid_tool_call",
-                                                          "message": problem})
+            return builder.finish(
+                "failed", usage, error={"code": "invalid_tool_call", "message": problem}
+            )
         if stats.finish_reason == "length":
             events = builder.finish("incomplete", usage, incomplete_reason="max_output_tokens")
         else:
@@ -281,7 +297,9 @@ def _conversation_id(value: str | dict[str, Any] | None) -> str | None:
         return value
     cid = value.get("id")
     if not isinstance(cid, str):
-        raise InvalidRequestError("conversation must be an id or {\"id\": ...}.", param="conversation")
+        raise InvalidRequestError(
+            'conversation must be an id or {"id": ...}.', param="conversation"
+        )
     return cid
 
 
@@ -349,7 +367,8 @@ def _response_object(
         "metadata": metadata,
         "model": req.model or engine.name,
         "output": [],
-        "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None
+        "parallel_tool_calls": req.parallel_tool_calls
+        if req.parallel_tool_calls is not None
         else True,
         "previous_response_id": req.previous_response_id,
         "prompt_cache_key": req.prompt_cache_key,
@@ -361,8 +380,13 @@ def _response_object(
         "text": text,
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
         "tools": [
-            {"type": "function", "name": t.name, "description": t.description,
-             "parameters": t.parameters, "strict": t.strict}
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+                "strict": t.strict,
+            }
             for t in tools
         ],
         "top_logprobs": req.top_logprobs,

@@ -89,7 +89,10 @@ def tool_instructions(tools: Sequence[ToolSpec], required: bool) -> str:
             for t in tools
         ),
         "To call a function, answer with exactly "
-        f'{TOOL_CALL_OPEN}{{"name": <function name>, "arguments": <JSON object>}}{TOOL_CALL_CLOSE}.',
+        + TOOL_CALL_OPEN
+        + '{"name": <function name>, "arguments": <JSON object>}'
+        + TOOL_CALL_CLOSE
+        + ".",
     ]
     if not required:
         lines.append("If no function is needed, answer the user directly.")
@@ -113,7 +116,10 @@ def turns_to_messages(
             role = "assistant"
             text = f"{TOOL_CALL_OPEN}{json.dumps(call, ensure_ascii=False)}{TOOL_CALL_CLOSE}"
         elif turn.kind == "tool_result":
-            role, text = "user", f'<tool_response name="{turn.name}">\n{turn.text}\n</tool_response>'
+            role, text = (
+                "user",
+                f'<tool_response name="{turn.name}">\n{turn.text}\n</tool_response>',
+            )
         else:
             role, text = turn.kind, turn.text
         if messages and messages[-1]["role"] == role:

@@ -67,7 +67,10 @@ class ToolTagParser:
                 idx = self._buf.find(TOOL_CALL_OPEN)
                 if idx < 0:
                     hold = 0 if final else _partial_suffix(self._buf, TOOL_CALL_OPEN)
-                    emit, self._buf = self._buf[: len(self._buf) - hold], self._buf[len(self._buf) - hold :]
+                    emit, self._buf = (
+                        self._buf[: len(self._buf) - hold],
+                        self._buf[len(self._buf) - hold :],
+                    )
                     out += self._text.feed(GeneratedToken(-1, emit)) if emit else []
                     break
                 before, self._buf = self._buf[:idx], self._buf[idx + len(TOOL_CALL_OPEN) :]
@@ -98,7 +101,10 @@ class ToolTagParser:
             and isinstance(call.get("arguments", {}), dict)
         ):
             args = json.dumps(call.get("arguments", {}), ensure_ascii=False)
-            return [OutputDelta("tool_call", name=call["name"]), OutputDelta("tool_arguments", args)]
+            return [
+                OutputDelta("tool_call", name=call["name"]),
+                OutputDelta("tool_arguments", args),
+            ]
         self.invalid_calls += 1
         return self._text.feed(GeneratedToken(-1, TOOL_CALL_OPEN + body + TOOL_CALL_CLOSE))
 
@@ -146,5 +152,5 @@ class JsonCallParser:
         if not self._named:
             return [OutputDelta("text", self._head)] if self._head.strip() else []
         if held.endswith("}"):
-            held = held[:-1]  # the outer object's closing brace
+            held = held[:-1].rstrip()  # the outer object's closing brace
         return [OutputDelta("tool_arguments", held)] if held else []

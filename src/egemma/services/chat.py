@@ -1,0 +1,236 @@
+"""Chat completions on the Responses machinery: messages → items, Responses events → chunks.
+
+Older clients get the same engine, prompt families, grammars and tool handling as
+``/v1/responses``; only the wire shape differs (responses-protocol.md §8).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from egemma.errors import InvalidRequestError
+from egemma.ids import new_id
+from egemma.protocol.responses import ChatCompletionRequest, ResponsesRequest
+
+Item = dict[str, Any]
+
+
+def _content_text(content: Any, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                raise InvalidRequestError(
+                    "Only text content parts are supported.", param=f"{param}[{j}]"
+                )
+            texts.append(str(part.get("text", "")))
+        return "\n".join(texts)
+    raise InvalidRequestError("content must be a string or a list of parts.", param=param)
+
+
+def messages_to_items(messages: list[Any]) -> list[Item]:
+    items: list[Item] = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise InvalidRequestError(f"{where} must be an object.", param=where)
+        role = msg.get("role")
+        text = _content_text(msg.get("content"), f"{where}.content")
+        if role in ("system", "developer", "user"):
+            items.append({"role": role, "content": text})
+        elif role == "assistant":
+            if text:
+                items.append({"role": "assistant", "content": text})
+            for j, call in enumerate(msg.get("tool_calls") or []):
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict):
+                    raise InvalidRequestError(
+                        "tool_calls entries need a function.", param=f"{where}.tool_calls[{j}]"
+                    )
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": call.get("id") or new_id("call"),
+                        "name": fn.get("name"),
+                        "arguments": fn.get("arguments") or "{}",
+                    }
+                )
+        elif role == "tool":
+            items.append(
+                {"type": "function_call_output", "call_id": msg.get("tool_call_id"), "output": text}
+            )
+        else:
+            raise InvalidRequestError(f"Unknown role '{role}'.", param=f"{where}.role")
+    return items
+
+
+def _text_config(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        return {
+            "format": {
+                "type": "json_schema",
+                "name": spec.get("name", "output"),
+                "schema": spec.get("schema") or {"type": "object"},
+                "strict": spec.get("strict", False),
+            }
+        }
+    if kind in ("json_object", "text"):
+        return {"format": {"type": kind}}
+    raise InvalidRequestError(f"Unknown response_format type '{kind}'.", param="response_format")
+
+
+def _tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return {"type": "function", "name": choice["function"].get("name")}
+    return choice
+
+
+def to_responses_request(req: ChatCompletionRequest) -> ResponsesRequest:
+    effort = {"effort": req.reasoning_effort} if req.reasoning_effort else None
+    return ResponsesRequest.model_validate(
+        {
+            "model": req.model,
+            "input": messages_to_items(req.messages),
+            "tools": req.tools,
+            "tool_choice": _tool_choice(req.tool_choice),
+            "max_output_tokens": req.max_completion_tokens or req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "text": _text_config(req.response_format),
+            "reasoning": effort,
+            "store": False,
+            "metadata": req.metadata,
+        }
+    )
+
+
+class ChunkMapper:
+    """Responses events → ``chat.completion.chunk`` payloads, and the final completion."""
+
+    def __init__(self, model: str) -> None:
+        self.id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.model = model
+        self.calls: dict[str, int] = {}
+        self.started = False
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        if not self.started:
+            delta = {"role": "assistant", **delta}
+            self.started = True
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    def map(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = event["type"]
+        if kind == "response.output_text.delta":
+            return [self._chunk({"content": event["delta"]})]
+        if kind == "response.reasoning_text.delta":
+            return [self._chunk({"reasoning_content": event["delta"]})]
+        if kind == "response.output_item.added" and event["item"]["type"] == "function_call":
+            item = event["item"]
+            index = self.calls.setdefault(item["id"], len(self.calls))
+            call = {
+                "index": index,
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": ""},
+            }
+            return [self._chunk({"tool_calls": [call]})]
+        if kind == "response.function_call_arguments.delta":
+            index = self.calls[event["item_id"]]
+            call = {"index": index, "function": {"arguments": event["delta"]}}
+            return [self._chunk({"tool_calls": [call]})]
+        if kind in ("response.completed", "response.incomplete"):
+            return [self._chunk({}, finish_reason(event["response"]))]
+        return []
+
+
+def finish_reason(response: dict[str, Any]) -> str:
+    if response["status"] == "incomplete":
+        return "length"
+    if any(item["type"] == "function_call" for item in response["output"]):
+        return "tool_calls"
+    return "stop"
+
+
+def usage(response: dict[str, Any]) -> dict[str, Any]:
+    u = response.get("usage") or {}
+    prompt, completion = u.get("input_tokens", 0), u.get("output_tokens", 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {
+            "cached_tokens": (u.get("input_tokens_details") or {}).get("cached_tokens", 0)
+        },
+    }
+
+
+def completion(response: dict[str, Any], model: str) -> dict[str, Any]:
+    text = "".join(
+        part.get("text", "")
+        for item in response["output"]
+        if item["type"] == "message"
+        for part in item.get("content", [])
+    )
+    calls = [
+        {
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": item["arguments"]},
+        }
+        for item in response["output"]
+        if item["type"] == "function_call"
+    ]
+    reasoning = "".join(
+        part.get("text", "")
+        for item in response["output"]
+        if item["type"] == "reasoning"
+        for part in item.get("content", [])
+    )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text or (None if calls else ""),
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": response["created_at"],
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_reason(response),
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(response),
+    }
+
+
+def done_line() -> bytes:
+    return b"data: [DONE]\n\n"
+
+
+def data_line(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
