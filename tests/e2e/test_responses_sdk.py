@@ -99,11 +99,13 @@ def test_plain_text(oai: OpenAI) -> None:
     assert resp.id.startswith("resp_")
     assert resp.status in ("completed", "incomplete")
     message = resp.output[-1]
-    assert message.type == "message" and message.id.startswith("msg_")
+    assert message.type == "message"
+    assert message.id.startswith("msg_")
     assert message.content[0].type == "output_text"
     assert resp.output_text
     assert resp.usage is not None
-    assert resp.usage.input_tokens > 0 and 0 < resp.usage.output_tokens <= 24
+    assert resp.usage.input_tokens > 0
+    assert 0 < resp.usage.output_tokens <= 24
     assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
     assert resp.model == SMOL
 
@@ -181,8 +183,10 @@ def test_forced_tool_call_streamed_and_valid(chat_server: LiveServer) -> None:
     final = check_sequence(events)
     assert final["status"] == "completed"
     call = final["output"][-1]
-    assert call["type"] == "function_call" and call["name"] == "get_weather"
-    assert call["id"].startswith("fc_") and call["call_id"].startswith("call_")
+    assert call["type"] == "function_call"
+    assert call["name"] == "get_weather"
+    assert call["id"].startswith("fc_")
+    assert call["call_id"].startswith("call_")
     jsonschema.validate(json.loads(call["arguments"]), WEATHER["parameters"])
     deltas = [e for e in events if e["type"] == "response.function_call_arguments.delta"]
     assert len(deltas) > 1, "arguments should stream token by token"
@@ -197,7 +201,8 @@ def test_named_tool_choice_on_the_template_less_model(oai: OpenAI) -> None:
         max_output_tokens=100,
     )
     call = resp.output[-1]
-    assert call.type == "function_call" and call.name == "get_weather"
+    assert call.type == "function_call"
+    assert call.name == "get_weather"
     jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])
 
 
@@ -265,8 +270,10 @@ def test_model_selection_aliases_and_404(oai: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         oai.responses.create(model="no-such-model", input="Hi")
     body = err.value.body
-    assert isinstance(body, dict) and body["code"] == "model_not_found"
-    assert SMOL in body["message"] and GEMMA in body["message"]
+    assert isinstance(body, dict)
+    assert body["code"] == "model_not_found"
+    assert SMOL in body["message"]
+    assert GEMMA in body["message"]
     served = {m.id for m in oai.models.list().data}
     assert {SMOL, GEMMA} <= served
 
@@ -286,7 +293,8 @@ def test_bad_input_names_the_param(oai: OpenAI) -> None:
         max_output_tokens=4,
     )
     assert ok.status in ("completed", "incomplete")
-    assert ok.usage is not None and ok.usage.input_tokens < 2048
+    assert ok.usage is not None
+    assert ok.usage.input_tokens < 2048
 
 
 def test_input_tokens_counts_the_prompt(oai: OpenAI, chat_server: LiveServer) -> None:
@@ -297,7 +305,8 @@ def test_input_tokens_counts_the_prompt(oai: OpenAI, chat_server: LiveServer) ->
     )
     assert resp.status_code == 200
     body = resp.json()
-    assert body["object"] == "response.input_tokens" and body["input_tokens"] > 2
+    assert body["object"] == "response.input_tokens"
+    assert body["input_tokens"] > 2
 
 
 def test_conversation_gets_the_response_appended(oai: OpenAI) -> None:
@@ -305,7 +314,8 @@ def test_conversation_gets_the_response_appended(oai: OpenAI) -> None:
     resp = oai.responses.create(
         model=SMOL, conversation=conv.id, input="What is my name?", max_output_tokens=12
     )
-    assert resp.conversation is not None and resp.conversation.id == conv.id
+    assert resp.conversation is not None
+    assert resp.conversation.id == conv.id
     items = oai.conversations.items.list(conv.id, order="asc").data
     assert [i.type for i in items] == ["message", "message", "message"]
     assert items[-1].id == resp.output[-1].id
