@@ -101,6 +101,10 @@ class TwoLevelCache:
             except Exception as exc:  # fail open: the answer is still served
                 self._failed("write", exc)
 
+    def remember(self, key: str, value: Any) -> None:
+        """Memory level only; for callers that write the disk level later, off their hot path."""
+        self._remember(key, value)
+
     def _remember(self, key: str, value: Any) -> None:
         if self.lru_size <= 0:
             return

@@ -299,11 +299,15 @@ class EmbeddingService:
         vector = np.frombuffer(value[1], dtype=np.float32)
         return (vector, int(value[0])) if vector.shape[0] == self.engine.dimension else None
 
-    def _store(self, entries: Sequence[tuple[str, np.ndarray, int]]) -> None:
+    def _store(self, items: Sequence[tuple[str, tuple[int, bytes]]]) -> None:
         if self.cache is None:
             return
-        for key, vector, tokens in entries:
-            self.cache.set(key, (tokens, np.asarray(vector, dtype=np.float32).tobytes()))
+        for key, value in items:
+            self.cache.set(key, value)
+
+    @staticmethod
+    def _entry(vector: np.ndarray, tokens: int) -> tuple[int, bytes]:
+        return (tokens, np.asarray(vector, dtype=np.float32).tobytes())
 
     async def embed(
         self, texts: Sequence[str], prompt_name: str | None = None, title: str | None = None
@@ -334,12 +338,13 @@ class EmbeddingService:
         ``aclose`` waits for them. Too many pending writes and the caller waits instead."""
         if self.cache is None:
             return
+        items = [(key, self._entry(vector, tokens)) for key, vector, tokens in entries]
+        for key, value in items:  # visible to the next request at once
+            self.cache.remember(key, value)
         if len(self._writes) >= MAX_PENDING_WRITES:
-            await anyio.to_thread.run_sync(self._store, entries)
+            await anyio.to_thread.run_sync(self._store, items)
             return
-        task = asyncio.get_running_loop().create_task(
-            anyio.to_thread.run_sync(self._store, entries)
-        )
+        task = asyncio.get_running_loop().create_task(anyio.to_thread.run_sync(self._store, items))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
