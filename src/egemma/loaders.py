@@ -33,6 +33,7 @@ def load_chat(settings: Settings, engines: Engines) -> None:
         status.status = "disabled"
         return
     from egemma.engines.llamacpp import LlamaChatEngine
+    from egemma.services.prompting import prompter_for
 
     errors: list[str] = []
     for name, spec, setting in settings.chat.models():
@@ -41,6 +42,15 @@ def load_chat(settings: Settings, engines: Engines) -> None:
             check_gguf(model.path)
             engine = LlamaChatEngine.load(name, model.path, settings.chat)
         except (ModelFileError, ValueError, OSError) as exc:
+            errors.append(f"{name}: {exc}")
+            log.error("chat model %s not loaded: %s", name, exc)
+            continue
+        try:
+            # Build the prompt family now: a Harmony vocabulary problem or a broken template is a
+            # load-time error for this model, not a 500 on its first request.
+            prompter_for(engine, settings.chat.prompt_format, settings.server.data_dir)
+        except Exception as exc:  # HarmonyVocabError, jinja2 TemplateSyntaxError, …
+            engine.close()
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
             continue

@@ -101,6 +101,7 @@ class TemplatePrompter:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.template = templates.template_for(engine.architecture, engine.chat_template)
+        templates.compile_template(self.template.source)  # syntax errors surface at load
         if self.template.origin != "gguf":
             log.info("%s has no chat template; using %s", engine.name, self.template.origin)
         stops = {engine.token_id(m) for m in templates.STOP_MARKERS}
@@ -118,8 +119,12 @@ class TemplatePrompter:
         offered = tool_mode.offered
         required = tool_mode.mode == "required"
         system = "\n\n".join(
-            p for p in (instructions or "", templates.tool_instructions(offered, required)
-                        if offered else "") if p
+            p
+            for p in (
+                instructions or "",
+                templates.tool_instructions(offered, required) if offered else "",
+            )
+            if p
         )
         messages = templates.turns_to_messages(turns, system, self.template.merges_system)
         rendered = templates.render(

@@ -31,19 +31,19 @@ TOOL_CALL_CLOSE = "</tool_call>"
 # Gemma's turn format (no system role: system text leads the first user turn).
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
-    "{%- for m in messages -%}"
+    "{% for m in messages %}"
     "<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}\n"
     "{{ m.content | trim }}<end_of_turn>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
 # ChatML, for any other architecture that ships no template.
 CHATML_TEMPLATE = (
-    "{%- for m in messages -%}"
+    "{% for m in messages %}"
     "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif -%}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 FALLBACKS = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
@@ -64,7 +64,7 @@ def _raise(message: str) -> None:
 
 
 @lru_cache(maxsize=16)
-def _compile(source: str) -> Any:
+def compile_template(source: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
     return env.from_string(source)
@@ -150,15 +150,16 @@ def render(
 ) -> str:
     try:
         return str(
-            _compile(template.source).render(
+            compile_template(template.source).render(
                 messages=messages,
                 add_generation_prompt=True,
                 bos_token=bos_token,
                 eos_token=eos_token,
             )
         )
-    except TemplateError as exc:
-        # SecurityError is a TemplateError: a template that reaches for internals is refused.
+    except (TemplateError, OverflowError, TypeError, ValueError, LookupError) as exc:
+        # SecurityError is a TemplateError: a template that reaches for internals is refused;
+        # the sandbox's range() limit raises OverflowError.
         raise InvalidRequestError(
             f"The model's chat template could not render this conversation: {exc}",
             code="template_error",

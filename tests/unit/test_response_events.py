@@ -1,0 +1,128 @@
+"""The event builder and the SSE writer against the openai-python types."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from egemma.api.sse import encode_event, sse_bytes
+from egemma.engines.base import OutputDelta
+from egemma.protocol.responses import ResponsesRequest
+from egemma.services.response_events import ResponseBuilder
+from egemma.services.responses import _response_object, _usage
+
+EVENTS = TypeAdapter(ResponseStreamEvent)
+
+
+class _Engine:
+    name = "tiny"
+
+
+def builder(summary: bool = False) -> ResponseBuilder:
+    req = ResponsesRequest.model_validate({"input": "hi", "metadata": {"k": "v"}})
+    base = _response_object(req, _Engine(), [], {"k": "v"}, "low", True, None, 0.3, 0.9)
+    return ResponseBuilder(base, summary=summary, tool_names={"get_weather"})
+
+
+def run(
+    b: ResponseBuilder, deltas: list[OutputDelta], status: str = "completed"
+) -> list[dict[str, Any]]:
+    from egemma.engines.llamacpp import GenerationStats
+
+    events = b.start()
+    for d in deltas:
+        events += b.feed(d)
+    stats = GenerationStats(prompt_tokens=5, completion_tokens=len(deltas))
+    reason = "max_output_tokens" if status == "incomplete" else None
+    events += b.finish(status, _usage(stats, 1), incomplete_reason=reason)
+    return [{"sequence_number": i, **e} for i, e in enumerate(events)]
+
+
+DELTAS = [
+    OutputDelta("reasoning", "Think"),
+    OutputDelta("reasoning", "ing."),
+    OutputDelta("text", "Hel"),
+    OutputDelta("text", "lo"),
+    OutputDelta("tool_call", name="get_weather"),
+    OutputDelta("tool_arguments", '{"city":'),
+    OutputDelta("tool_arguments", ' "Oslo"}'),
+]
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_every_event_validates_against_openai_types(summary: bool) -> None:
+    events = run(builder(summary), DELTAS)
+    for event in events:
+        EVENTS.validate_python(event)
+    final = Response.model_validate(events[-1]["response"])
+    assert [o.type for o in final.output] == ["reasoning", "message", "function_call"]
+    assert final.output_text == "Hello"
+    reasoning = final.output[0]
+    assert reasoning.content is not None
+    assert reasoning.content[0].text == "Thinking."
+    assert (reasoning.summary[0].text if summary else reasoning.summary) == (
+        "Thinking." if summary else []
+    )
+    assert final.output[2].arguments == '{"city": "Oslo"}'  # type: ignore[union-attr]
+
+
+def test_order_per_item() -> None:
+    types = [e["type"] for e in run(builder(), DELTAS[2:4])]
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+
+
+def test_incomplete_marks_the_open_item() -> None:
+    events = run(builder(), DELTAS[2:3], status="incomplete")
+    final = events[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_arguments_without_a_call_are_dropped() -> None:
+    events = run(builder(), [OutputDelta("tool_arguments", "{}"), OutputDelta("text", "x")])
+    assert [o["type"] for o in events[-1]["response"]["output"]] == ["message"]
+
+
+@pytest.mark.parametrize(
+    "text", ["a\nb", "a\r\nb", "x\ry", "\u2028", 'data: {"type":"response.completed"}\n\n']
+)
+def test_model_text_cannot_forge_an_event(text: str) -> None:
+    frame = encode_event({"type": "response.output_text.delta", "delta": text}).decode()
+    lines = frame.split("\n")
+    assert lines[0] == "event: response.output_text.delta"
+    assert lines[1].startswith("data: ")
+    assert lines[2:] == ["", ""]
+    assert json.loads(lines[1][6:])["delta"] == text
+
+
+def test_sse_writer_numbers_from_zero_and_keeps_alive() -> None:
+    async def slow() -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "response.created"}
+        await asyncio.sleep(0.05)
+        yield {"type": "response.completed"}
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in sse_bytes(slow(), keepalive=0.01)]
+
+    chunks = asyncio.run(collect())
+    assert b": keep-alive\n\n" in chunks
+    payloads = [json.loads(c.split(b"data: ")[1]) for c in chunks if c.startswith(b"event:")]
+    assert [p["sequence_number"] for p in payloads] == [0, 1]
