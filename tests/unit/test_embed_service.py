@@ -192,3 +192,22 @@ async def test_unusable_disk_cache_is_served_uncached(tmp_path: Path) -> None:
     result = await service.embed(["still served"])
     await service.aclose()
     assert result.vectors.shape == (1, 32)
+
+
+async def test_a_waiter_whose_client_left_is_dropped() -> None:
+    engine = FakeEmbeddingEngine(delay=0.1)
+    batcher = DynamicBatcher(engine.encode, max_batch=1, max_wait=0.0, queue_size=8)
+    running = asyncio.ensure_future(batcher.submit(["first"]))
+    await asyncio.sleep(0.02)
+    left = asyncio.ensure_future(batcher.submit(["abandoned"]))
+    shared_a = asyncio.ensure_future(batcher.submit(["shared"]))
+    shared_b = asyncio.ensure_future(batcher.submit(["shared"]))
+    await asyncio.sleep(0)
+    left.cancel()
+    shared_a.cancel()  # the other request still wants "shared"
+    await running
+    ((vector, _),) = await shared_b
+    await batcher.aclose()
+    assert ["abandoned"] not in engine.calls
+    assert ["shared"] in engine.calls
+    np.testing.assert_allclose(vector, engine.vector("shared"), rtol=1e-6)

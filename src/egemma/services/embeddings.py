@@ -99,6 +99,7 @@ class DynamicBatcher:
         self.queue_size = queue_size
         self._queue: deque[_Pending] = deque()
         self._inflight: dict[str, asyncio.Future[tuple[np.ndarray, int]]] = {}
+        self._waiters: dict[asyncio.Future[tuple[np.ndarray, int]], int] = {}
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
@@ -110,7 +111,11 @@ class DynamicBatcher:
 
     async def submit(self, texts: Sequence[str]) -> list[tuple[np.ndarray, int]]:
         """Vectors and token counts for ``texts`` (identical waiting texts share one slot)."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._inflight]
+        new = [
+            t
+            for t in dict.fromkeys(texts)
+            if t not in self._inflight or self._inflight[t].cancelled()
+        ]
         if self._queue and len(self._queue) + len(new) > self.queue_size:
             raise UnavailableError("The embedding queue is full; retry shortly.", retry_after=1)
         loop = asyncio.get_running_loop()
@@ -120,15 +125,28 @@ class DynamicBatcher:
             fut.add_done_callback(functools.partial(self._forget, text))
             self._queue.append(_Pending(text, fut))
         futures = [self._inflight[t] for t in texts]
+        mine = list(dict.fromkeys(futures))
+        for fut in mine:
+            self._waiters[fut] = self._waiters.get(fut, 0) + 1
         self._ensure_worker()
         assert self._wakeup is not None
         self._wakeup.set()
-        # shield: a client that leaves must not cancel a slot another request shares.
-        return list(await asyncio.gather(*(asyncio.shield(f) for f in futures)))
+        try:
+            # shield: a client that leaves must not cancel a slot another request shares.
+            return list(await asyncio.gather(*(asyncio.shield(f) for f in futures)))
+        finally:
+            for fut in mine:
+                left = self._waiters.pop(fut, 1) - 1
+                if left > 0:
+                    self._waiters[fut] = left
+                elif not fut.done():
+                    fut.cancel()  # nobody waits any more: a queued text is dropped
 
     def _forget(self, text: str, fut: asyncio.Future[tuple[np.ndarray, int]]) -> None:
         if self._inflight.get(text) is fut:
             del self._inflight[text]
+        if not fut.cancelled():
+            fut.exception()  # retrieved here, so an abandoned failure is not logged as lost
 
     def _ensure_worker(self) -> None:
         if self._task is None or self._task.done():
