@@ -145,6 +145,13 @@ def load_embeddings(settings: Settings, engines: Engines) -> None:
     status.name = engines.embedding.name
     status.status = "loaded"
     status.context_length = getattr(engines.embedding, "max_length", None)
+    status.detail = {
+        "path": str(model.path),
+        "dimension": engines.embedding.dimension,
+        "matryoshka_dims": list(getattr(engines.embedding, "matryoshka_dims", ())),
+        "prompts": sorted(getattr(engines.embedding, "prompts", {})),
+        "providers": list(getattr(engines.embedding, "providers", [])),
+    }
 
 
 LOADERS = (load_chat, load_summary, load_gemini, load_embeddings)
