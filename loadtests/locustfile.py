@@ -220,7 +220,7 @@ class ToolCallUser(FastHttpUser):
 
 
 class EmbeddingsUser(FastHttpUser):
-    """OpenAI-shaped embeddings, small batches of varied sentences (cache hits included)."""
+    """OpenAI-shaped embeddings, small batches of varied sentences (cache hits and misses)."""
 
     weight = 3
     wait_time = between(0.2, 0.6)
@@ -229,6 +229,7 @@ class EmbeddingsUser(FastHttpUser):
     def embeddings(self) -> None:
         name = "embeddings"
         texts = random.sample(SENTENCES, k=random.randint(1, 4))
+        texts[0] = f"{texts[0]} (sample {random.randrange(10**9)})"  # one cache miss per request
         body = {"model": EMBEDDING_MODEL, "input": texts, "encoding_format": "float"}
         with self.client.post(
             "/v1/embeddings", json=body, headers=HEADERS, catch_response=True, name=name
@@ -249,7 +250,8 @@ class SummarizeUser(HttpUser):
     @task
     def summarize(self) -> None:
         name = "summarize"
-        files = {"file": ("fib.py", CODE_SAMPLE.encode(), "text/x-python")}
+        source = f"# revision {uuid.uuid4().hex}\n{CODE_SAMPLE}"  # a fresh text: no cached summary
+        files = {"file": ("fib.py", source.encode(), "text/x-python")}
         data = {"persona": PERSONA, "max_tokens": "48"}
         with self.client.post(
             "/summarize", files=files, data=data, headers=HEADERS, catch_response=True, name=name
