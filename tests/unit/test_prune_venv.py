@@ -29,7 +29,7 @@ prune = _load()
 def test_closure_follows_requirements_and_extras_only() -> None:
     dists = prune.installed()
     plain = prune.closure({"egemma": set()}, dists)
-    assert {"egemma", "fastapi", "starlette", "pydantic", "onnxruntime"} <= plain
+    assert {"egemma", "fastapi", "starlette", "pydantic", "hypercorn"} <= plain
     assert "pytest" not in plain
     assert "torch" not in plain
     with_test = prune.closure({"egemma": {"test"}}, dists)
