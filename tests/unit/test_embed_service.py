@@ -211,3 +211,24 @@ async def test_a_waiter_whose_client_left_is_dropped() -> None:
     assert ["abandoned"] not in engine.calls
     assert ["shared"] in engine.calls
     np.testing.assert_allclose(vector, engine.vector("shared"), rtol=1e-6)
+
+
+def test_providers_follow_settings_and_availability() -> None:
+    from egemma.engines.onnx import select_providers
+
+    available = ["CoreMLExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(_settings(), available) == [
+        "CoreMLExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert select_providers(_settings(force_cpu=True), available) == ["CPUExecutionProvider"]
+    only_cuda = _settings(providers="CUDAExecutionProvider")
+    assert select_providers(only_cuda, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_session_options_never_spin() -> None:
+    from egemma.engines.onnx import session_options
+
+    opts = session_options(threads=2)
+    assert opts.intra_op_num_threads == 2
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
