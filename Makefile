@@ -91,8 +91,8 @@ openapi: install ## write openapi.json
 # Locust and gevent live in their own venv: gevent monkey-patches on import, never in the app's venv.
 LOAD_VENV ?= .venv-load
 LOAD_INSTALLED := $(LOAD_VENV)/.installed
-LOAD_USERS ?= 12
-LOAD_SPAWN_RATE ?= 6
+LOAD_USERS ?= 10
+LOAD_SPAWN_RATE ?= 5
 LOAD_TIME ?= 60s
 BENCH ?=
 

@@ -2,7 +2,7 @@
 
 Run by ``make loadtest`` (scripts/loadtest.sh) against a server it starts; by hand::
 
-    .venv-load/bin/locust -f loadtests/locustfile.py --headless -u 12 -r 6 -t 60s \
+    .venv-load/bin/locust -f loadtests/locustfile.py --headless -u 10 -r 5 -t 60s \
         --host http://127.0.0.1:8765 --exit-code-on-error 0 --only-summary
 
 Environment: LOAD_API_KEY (bearer key), LOAD_MODEL (chat model), LOAD_EMBEDDING_MODEL,
@@ -115,7 +115,7 @@ class ResponsesStreamUser(HttpUser):
     """Responses API over SSE: full streams with TTFT, and streams abandoned after 3 events."""
 
     weight = 3
-    wait_time = between(0.5, 1.5)
+    wait_time = between(1.0, 3.0)
 
     def _stream(self, name: str, abandon_after: int | None) -> None:
         body = {
@@ -188,7 +188,7 @@ class ToolCallUser(FastHttpUser):
     """Responses API, JSON, a required function tool: the output must be a valid call."""
 
     weight = 1
-    wait_time = between(1.0, 2.0)
+    wait_time = between(2.0, 4.0)
 
     @task
     def tool_call(self) -> None:
@@ -242,17 +242,21 @@ class EmbeddingsUser(FastHttpUser):
 
 
 class SummarizeUser(HttpUser):
-    """The original's multipart /summarize with a persona (local model)."""
+    """The original's multipart /summarize with a persona (local model).
+
+    A summary holds the shared chat model for seconds (persona prompt + file), so this user paces
+    itself: on 2 cores, back-to-back summaries would starve every Responses user behind them.
+    """
 
     weight = 1
-    wait_time = between(2.0, 4.0)
+    wait_time = between(10.0, 20.0)
 
     @task
     def summarize(self) -> None:
         name = "summarize"
         source = f"# revision {uuid.uuid4().hex}\n{CODE_SAMPLE}"  # a fresh text: no cached summary
         files = {"file": ("fib.py", source.encode(), "text/x-python")}
-        data = {"persona": PERSONA, "max_tokens": "48"}
+        data = {"persona": PERSONA, "max_tokens": "32"}
         with self.client.post(
             "/summarize", files=files, data=data, headers=HEADERS, catch_response=True, name=name
         ) as response:

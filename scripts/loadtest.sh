@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${EGEMMA:?}" "${PYTHON:?}" "${LOCUST:?}"
-users=${LOAD_USERS:-12} rate=${LOAD_SPAWN_RATE:-6} duration=${LOAD_TIME:-60s}
+users=${LOAD_USERS:-10} rate=${LOAD_SPAWN_RATE:-5} duration=${LOAD_TIME:-60s}
 ready_timeout=${LOAD_READY_TIMEOUT:-300}
 
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
