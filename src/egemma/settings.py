@@ -143,6 +143,21 @@ class SummarySettings(BaseSettings):
         validation_alias=AliasChoices("PERSONAS_DIR", "SUMMARY_PERSONAS_DIR"),
         description="Directory holding code/ and docs/ persona prompt files.",
     )
+    chunk_tokens: int = Field(
+        0,
+        ge=0,
+        le=1_048_576,
+        description="Content tokens per map-reduce part (0: what the model's context allows).",
+    )
+    max_chunks: int = Field(
+        64, ge=1, le=10_000, description="Most parts one file may be split into (413 beyond)."
+    )
+    cache_max_size: int = Field(
+        256, ge=0, le=1_000_000, description="Summaries kept in the in-memory LRU."
+    )
+    disk_cache_bytes: int = Field(
+        256 * 1024**2, ge=0, le=1024**4, description="Summary disk cache size (0 disables it)."
+    )
 
 
 class GeminiSettings(BaseSettings):
@@ -153,6 +168,12 @@ class GeminiSettings(BaseSettings):
     flash_model: str = Field("gemini-2.5-flash", description="Fast Gemini model.")
     api_timeout: float = Field(60.0, gt=0.0, le=600.0, description="Seconds per Gemini call.")
     base_url: str = Field("", description="Override the Gemini endpoint (proxies, tests).")
+    thinking_budget: int = Field(
+        -1,
+        ge=-1,
+        le=32768,
+        description="Gemini thinking tokens: -1 auto (off for gemini-2.5-flash*), 0 off, N a cap.",
+    )
 
 
 class EmbeddingSettings(BaseSettings):

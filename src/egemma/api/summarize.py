@@ -1,0 +1,119 @@
+"""``POST /summarize``: the original eGemma multipart form → ``{"language", "summary", …}``.
+
+Form fields as the original (and cognition-cli) send them: ``file``, ``persona``, ``model_name``
+(``gemini…`` uses the Gemini API, anything else the local model), ``max_tokens``,
+``temperature``, ``enable_safety``, ``goal``. The answer adds ``model``, ``cached`` and
+``chunks`` (map-reduce parts) to the original's ``language`` and ``summary``.
+
+Status choices: local summarization disabled + a non-Gemini model → 400 (the original's
+message); Gemini without ``GEMINI_API_KEY`` → 400 ``gemini_not_configured`` (a property of this
+server that retrying will not change); a model that should be there but is not loaded → 503.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+
+from egemma.api.personas import persona_error, persona_registry
+from egemma.personas import PersonaError, PersonaRegistry
+from egemma.ratelimit import rate_limit
+from egemma.services.summarize import SummarizeService, SummaryRequest
+from egemma.settings import Settings
+
+router = APIRouter(tags=["summaries"])
+
+MAX_GOAL_CHARS = 4000
+MAX_NAME_CHARS = 200
+
+_EXAMPLE = {
+    "language": "Python",
+    "summary": "Defines a CLI entry point that …",
+    "model": "smollm2-135m-instruct",
+    "cached": False,
+    "chunks": 1,
+}
+
+
+async def summarize_service(
+    request: Request, registry: Annotated[PersonaRegistry, Depends(persona_registry)]
+) -> SummarizeService:
+    """The app's summary service, created on first use (on the event loop: no race)."""
+    state = request.app.state
+    service: SummarizeService | None = getattr(state, "summarize_service", None)
+    if service is None:
+        settings: Settings = state.settings
+        service = SummarizeService.create(settings, state.engines, registry)
+        state.summarize_service = service
+        state.shutdown_hooks.append(service.aclose)
+        gemini = state.engines.gemini
+        if gemini is not None and hasattr(gemini, "aclose"):
+            state.shutdown_hooks.append(gemini.aclose)
+    return service
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    return value if value is not None and value.strip() else None
+
+
+@router.post(
+    "/summarize",
+    summary="Summarise an uploaded file with a persona (local model or Gemini)",
+    dependencies=[Depends(rate_limit("summarize"))],
+    responses={200: {"content": {"application/json": {"example": _EXAMPLE}}}},
+)
+async def summarize(
+    request: Request,
+    file: Annotated[UploadFile, File(description="UTF-8 text; its extension picks the language.")],
+    service: Annotated[SummarizeService, Depends(summarize_service)],
+    persona: Annotated[
+        str | None,
+        Form(
+            max_length=MAX_NAME_CHARS,
+            description="Persona name (GET /personas); default assistant for Markdown, "
+            "developer otherwise.",
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        Form(
+            max_length=MAX_NAME_CHARS,
+            description="A name starting with 'gemini' uses the Gemini API; anything else the "
+            "local model.",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        Form(ge=1, le=32768, description="Summary length in tokens (default SUMMARY_MAX_TOKEN)."),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        Form(ge=0.0, le=2.0, allow_inf_nan=False, description="Default SUMMARY_TEMP."),
+    ] = None,
+    enable_safety: Annotated[
+        bool, Form(description="Gemini only: block harmful content at BLOCK_LOW_AND_ABOVE.")
+    ] = False,
+    goal: Annotated[
+        str | None,
+        Form(max_length=MAX_GOAL_CHARS, description="What the reader wants from the summary."),
+    ] = None,
+) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    # One byte past the cap is enough to know the file is too large.
+    data = await file.read(settings.server.max_file_size_bytes + 1)
+    summary_request = SummaryRequest(
+        filename=file.filename,
+        data=data,
+        persona=_blank_to_none(persona),
+        model_name=_blank_to_none(model_name),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        enable_safety=enable_safety,
+        goal=_blank_to_none(goal),
+    )
+    try:
+        result = await service.summarize(summary_request, request.is_disconnected)
+    except PersonaError as exc:
+        raise persona_error(exc) from None
+    return result.body()
