@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,10 @@ def export_embeddings(src: Path, dest: Path, opts: ExportOptions | None = None) 
     st_cfg = _read_json(src / "config_sentence_transformers.json")
     hf_cfg = _read_json(src / "config.json")
     st = SentenceTransformer(str(src), device="cpu", local_files_only=True)
-    dimension = int(st.get_sentence_embedding_dimension() or 0)
+    get_dimension = getattr(st, "get_embedding_dimension", None)  # renamed in s-t 5.7
+    if get_dimension is None:
+        get_dimension = st.get_sentence_embedding_dimension
+    dimension = int(get_dimension() or 0)
     max_len = int(st.max_seq_length or 0)
     tok = st.tokenizer
     model_type = str(hf_cfg.get("model_type", "unknown"))
@@ -201,14 +205,18 @@ def export_embeddings(src: Path, dest: Path, opts: ExportOptions | None = None) 
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     _progress(2, total, f"exporting the ONNX graph with optimum ({model_type}, {dimension}-d)")
-    main_export(
-        str(src),
-        str(tmp),
-        task="feature-extraction",
-        library_name="sentence_transformers",
-        do_validation=False,
-        device="cpu",
-    )
+    with warnings.catch_warnings():
+        # Tracing prints pages of TracerWarnings for data-independent branches; the export is
+        # checked numerically below instead.
+        warnings.simplefilter("ignore")
+        main_export(
+            str(src),
+            str(tmp),
+            task="feature-extraction",
+            library_name="sentence_transformers",
+            do_validation=False,
+            device="cpu",
+        )
     if not (tmp / "tokenizer.json").is_file():
         tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
     facts: dict[str, Any] = {
