@@ -86,6 +86,31 @@ async def test_gemini_summary_and_request_sent(client: httpx.AsyncClient, fake: 
     assert config["maxOutputTokens"] == 120
     assert config["temperature"] == pytest.approx(0.2)
     assert "safetySettings" not in sent.body
+    # 2.5 Flash would spend max_tokens on thinking: it is turned off for summaries.
+    assert list(config["thinkingConfig"].values()) == [0]
+
+
+async def test_other_models_keep_their_thinking_default(
+    client: httpx.AsyncClient, fake: FakeGemini
+) -> None:
+    r = await _post(client, model_name="gemini-2.5-pro")
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "gemini-2.5-pro"
+    assert fake.received[0].path.endswith("models/gemini-2.5-pro:generateContent")
+    assert "thinkingConfig" not in fake.received[0].body["generationConfig"]
+
+
+async def test_slow_gemini_is_a_502_timeout(settings: Settings, fake: FakeGemini) -> None:
+    slow = settings.gemini.model_copy(update={"api_timeout": 1.0})
+    backend = GeminiBackend(slow)
+    fake.script(gs.Reply(body=gs.success().body, delay=3.0))
+    from egemma.engines.gemini import GeminiRequest
+    from egemma.errors import UpstreamError
+
+    with pytest.raises(UpstreamError) as info:
+        await backend.generate(GeminiRequest(GEMINI, "s", "u", 10, 0.0))
+    backend.close()
+    assert (info.value.status_code, info.value.code) == (502, "upstream_timeout")
 
 
 async def test_safety_settings_when_asked(client: httpx.AsyncClient, fake: FakeGemini) -> None:
