@@ -26,9 +26,6 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
     from egemma.app import create_app
 
     if args.host:
@@ -36,27 +33,56 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port:
         settings.server.port = args.port
     _setup_logging(settings.server.log_level)
-    app = create_app(settings)
+    return serve_app(create_app(settings), settings)
+
+
+def serve_app(app: Any, settings: Settings) -> int:
+    """Serve ``app`` on Hypercorn until SIGTERM/SIGINT, then drain (reliability.md §4).
+
+    First signal: ``/ready`` turns 503 and new work gets 503 while the listener stays open;
+    generations get ``GRACEFUL_TIMEOUT`` seconds, the rest end with ``response.failed``; then
+    Hypercorn stops (its own grace is longer, so it never cuts a stream we are ending). A second
+    signal skips the rest of the grace. Exit code 0.
+    """
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from egemma.lifecycle import STOP_WAIT_SECONDS, drain, stop_now
+
+    grace = settings.server.graceful_timeout
     config = Config()
     config.bind = [f"{settings.server.host}:{settings.server.port}"]
-    config.graceful_timeout = settings.server.graceful_timeout
-    config.accesslog = None
+    config.graceful_timeout = grace + STOP_WAIT_SECONDS + 5.0
+    config.accesslog = None  # egemma.access logs one line per request
     config.errorlog = "-"
     config.keep_alive_timeout = 75.0
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
 
-        def on_signal() -> None:
-            # Report not-ready and refuse new work first; Hypercorn then drains in-flight requests.
+        async def drain_then_stop() -> None:
+            try:
+                await drain(app, grace)
+            finally:
+                stop.set()
+
+        def on_signal(signum: int) -> None:
+            if app.state.draining:
+                log.warning("second signal: stopping in-flight generations now")
+                stop_now(app)
+                return
+            log.info("%s: draining (grace %.1fs)", signal.Signals(signum).name, grace)
             app.state.draining = True
-            stop.set()
+            task = loop.create_task(drain_then_stop())
+            tasks.add(task)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, on_signal, sig)
         log.info("eGemma %s serving on http://%s", __version__, config.bind[0])
-        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=stop.wait)
+        log.info("eGemma stopped")
 
     asyncio.run(main())
     return 0

@@ -11,10 +11,13 @@ from fastapi import APIRouter, Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from egemma import __version__
-from egemma.api import models, public
+from egemma.api import metrics, models, public
 from egemma.errors import install_handlers
+from egemma.lifecycle import Generations, refuse_when_draining
 from egemma.loaders import load_all
+from egemma.metrics import Metrics
 from egemma.middleware.body_limit import BodyLimitMiddleware
+from egemma.middleware.observe import ObserveMiddleware
 from egemma.middleware.request_id import RequestIdMiddleware
 from egemma.ratelimit import RateLimiter
 from egemma.runtime import Engines
@@ -106,11 +109,19 @@ def create_app(
     app.state.started_at = int(time.time())
     app.state.draining = False
     app.state.shutdown_hooks = []
+    app.state.generations = Generations()
+    app.state.metrics = Metrics(app.state)
 
     install_handlers(app)
     app.include_router(public.router)
+    # Auth first, then refuse new work while draining (lifecycle.py).
+    guards = [Depends(require_api_key), Depends(refuse_when_draining)]
     for router in _protected_routers():
-        app.include_router(router, dependencies=[Depends(require_api_key)])
+        app.include_router(router, dependencies=guards)
+    if settings.server.metrics_require_key:
+        app.include_router(metrics.router, dependencies=[Depends(require_api_key)])
+    else:
+        app.include_router(metrics.router)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
     origins = [o.strip() for o in settings.server.cors_origins.split(",") if o.strip()]
@@ -121,5 +132,9 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
         )
+    # Outside the body limit and CORS so their answers are logged and counted too.
+    app.add_middleware(
+        ObserveMiddleware, metrics=app.state.metrics, log_prompts=settings.server.log_prompts
+    )
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +11,9 @@ from fastapi.responses import JSONResponse, Response
 
 from egemma.api.responses import (
     TERMINAL,
-    _releaser,
     acquire_slot,
     responses_service,
+    start_generation,
     watch_disconnect,
 )
 from egemma.api.sse import EventStreamResponse
@@ -67,9 +66,7 @@ async def create_chat_completion(
     model = body.model or engine.name
     if not await acquire_slot(engine, request):
         return Response(status_code=499)
-    cancel = threading.Event()
-    release = _releaser(engine, cancel)
-    events = service.events(prepared, cancel)
+    events, cancel, release = start_generation(request, service, prepared)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         mapper = chat.ChunkMapper(model)

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from egemma.api.sse import EventStreamResponse
-from egemma.engines.queue import ClientGoneError, QueueFullError, QueueTimeoutError
+from egemma.engines.queue import (
+    ClientGoneError,
+    QueueClosedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
 from egemma.errors import UnavailableError
+from egemma.lifecycle import Cancel, Generations
 from egemma.protocol.responses import ResponsesRequest
 from egemma.ratelimit import rate_limit
-from egemma.services.responses import ResponsesService
+from egemma.services.responses import Prepared, ResponsesService
 
 router = APIRouter(tags=["responses"])
 
@@ -36,6 +43,10 @@ async def acquire_slot(engine: Any, request: Request) -> bool:
         raise UnavailableError("The server is shutting down.", retry_after=5, code="draining")
     try:
         await engine.queue.acquire(request.is_disconnected)
+    except QueueClosedError:
+        raise UnavailableError(
+            "The server is shutting down.", retry_after=5, code="draining"
+        ) from None
     except QueueFullError:
         raise UnavailableError(
             f"Model '{engine.name}' is busy: its queue is full. Retry shortly.", retry_after=2
@@ -45,6 +56,7 @@ async def acquire_slot(engine: Any, request: Request) -> bool:
             f"Model '{engine.name}' is busy: waited too long in its queue.", retry_after=5
         ) from None
     except ClientGoneError:
+        request.app.state.metrics.client_left("queued")
         return False
     return True
 
@@ -58,7 +70,9 @@ async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
         await asyncio.sleep(0.25)
 
 
-def _releaser(engine: Any, cancel: threading.Event) -> Any:
+def _releaser(
+    engine: Any, cancel: threading.Event, generations: Generations | None = None
+) -> Callable[[], None]:
     released = False
 
     def release() -> None:
@@ -67,8 +81,23 @@ def _releaser(engine: Any, cancel: threading.Event) -> Any:
         if not released:
             released = True
             engine.queue.release()
+            if generations is not None and isinstance(cancel, Cancel):
+                generations.discard(cancel)
 
     return release
+
+
+def start_generation(
+    request: Request, service: ResponsesService, prepared: Prepared
+) -> tuple[AsyncIterator[dict[str, Any]], Cancel, Callable[[], None]]:
+    """The metered event stream of an admitted request, its stop flag (registered so a drain can
+    end it with ``response.failed``) and the release that frees the slot."""
+    state = request.app.state
+    cancel = Cancel()
+    state.generations.add(cancel)
+    release = _releaser(prepared.engine, cancel, state.generations)
+    events = state.metrics.observe(prepared.engine.name, service.events(prepared, cancel))
+    return events, cancel, release
 
 
 @router.post("/v1/responses", dependencies=[Depends(rate_limit("chat"))])
@@ -81,14 +110,13 @@ async def create_response(
     engine = prepared.engine
     if not await acquire_slot(engine, request):
         return Response(status_code=499)
-    cancel = threading.Event()
-    release = _releaser(engine, cancel)
+    events, cancel, release = start_generation(request, service, prepared)
     if body.stream:
-        return EventStreamResponse(service.events(prepared, cancel), on_close=release)
+        return EventStreamResponse(events, on_close=release)
     watcher = asyncio.create_task(watch_disconnect(request, cancel))
     final: dict[str, Any] | None = None
     try:
-        async for event in service.events(prepared, cancel):
+        async for event in events:
             if event["type"] in TERMINAL:
                 final = event["response"]
     finally:

@@ -28,6 +28,11 @@ class ClientGoneError(Exception):
     """The client disconnected while waiting."""
 
 
+class QueueClosedError(QueueFullError):
+    """The server is draining: no one may wait any more (a ``QueueFullError``, so every caller
+    already answers it with 503)."""
+
+
 class ModelQueue:
     def __init__(self, max_waiting: int, timeout: float) -> None:
         self.max_waiting = max_waiting
@@ -37,6 +42,7 @@ class ModelQueue:
         self.admitted = 0
         self.rejected = 0
         self.abandoned = 0
+        self.closed = False
 
     @property
     def busy(self) -> bool:
@@ -47,6 +53,8 @@ class ModelQueue:
         return sum(1 for w in self._waiters if not w.done())
 
     async def acquire(self, is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> None:
+        if self.closed:
+            raise QueueClosedError
         if not self._busy and not self.depth:
             self._busy = True
             self.admitted += 1
@@ -76,13 +84,21 @@ class ModelQueue:
             raise
 
     def _give_up(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.done() and not waiter.cancelled():
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             # The slot was handed to us just as we left: pass it on.
             self.release()
         else:
             waiter.cancel()
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
+
+    def close(self) -> None:
+        """Drain: turn away every waiter and every later caller; the holder keeps its slot."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(QueueClosedError())
 
     def release(self) -> None:
         while self._waiters:

@@ -209,7 +209,13 @@ class ResponsesService:
             async for event in self._generate(p, cancel, stats, counter):
                 yield event
             if stats.finish_reason == "cancelled":
-                return  # the client left: nobody to tell
+                stopped_by = getattr(cancel, "reason", None)  # lifecycle.Cancel: the drain
+                if stopped_by is None:
+                    return  # the client left: nobody to tell
+                error = {"code": stopped_by, "message": "The server is shutting down; retry."}
+                for event in builder.finish("failed", _usage(stats, counter[0]), error=error):
+                    yield event
+                return
         except Exception:
             log.exception("generation failed")
             error = {"code": "server_error", "message": "Generation failed."}

@@ -1,0 +1,168 @@
+"""``FakeChatEngine``: a deterministic, optionally slow stand-in for ``LlamaChatEngine``.
+
+It exposes what ``TemplatePrompter`` and the Responses service use (name, n_ctx, architecture, a
+ChatML ``chat_template``, bos/eos, ``llm.token_bos()``, tokenize/detokenize/token_id, a real
+``ModelQueue``) and generates a scripted answer one token at a time in the caller's worker thread,
+checking ``cancel`` before every token like the real engine. Counters let tests prove that a
+generation stopped and its slot was released. Injected via ``create_app(..., engines=...)``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from egemma.engines.base import CapabilityStatus, GeneratedToken, SamplingParams
+from egemma.engines.llamacpp import GenerationStats
+from egemma.engines.queue import ModelQueue
+from egemma.runtime import CAPABILITIES, Engines
+
+CHATML = (
+    "{%- for m in messages -%}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif -%}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_turn>", "<start_of_turn>"]
+_SPECIAL_IDS = {text: i + 1 for i, text in enumerate(SPECIAL)}
+_SPECIAL_RE = re.compile("|".join(re.escape(s) for s in SPECIAL))
+CHAR_BASE = 1000  # ordinary text: one token per character, id CHAR_BASE + code point
+
+
+class _Llm:
+    def token_bos(self) -> int:
+        return _SPECIAL_IDS["<|endoftext|>"]
+
+    def token_eos(self) -> int:
+        return _SPECIAL_IDS["<|im_end|>"]
+
+
+class FakeChatEngine:
+    """Scripted answer, ``delay`` seconds per token, ``fail_after`` raises mid-generation."""
+
+    architecture = "llama"
+    chat_template = CHATML
+    bos_token = ""
+    eos_token = "<|im_end|>"
+    add_bos = False
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        script: str = "Hello from the fake model.",
+        delay: float = 0.0,
+        n_ctx: int = 4096,
+        queue_size: int = 8,
+        queue_timeout: float = 30.0,
+        fail_after: int | None = None,
+        words: bool = True,
+    ) -> None:
+        self.name = name
+        self.n_ctx = n_ctx
+        self.script = script
+        self.delay = delay
+        self.fail_after = fail_after
+        self.words = words
+        self.llm = _Llm()
+        self.queue = ModelQueue(queue_size, queue_timeout)
+        self.path = f"/fake/{name}.gguf"
+        self.tokens_generated = 0
+        self.generations = 0
+        self.cancelled = 0
+        self.running = 0
+        self.prompts: list[list[int]] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    # -- tokenizer ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+        out: list[int] = [self.llm.token_bos()] if add_bos else []
+        pos = 0
+        if special:
+            for match in _SPECIAL_RE.finditer(text):
+                out += [CHAR_BASE + ord(c) for c in text[pos : match.start()]]
+                out.append(_SPECIAL_IDS[match.group()])
+                pos = match.end()
+        out += [CHAR_BASE + ord(c) for c in text[pos:]]
+        return out
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        names = {i: s for s, i in _SPECIAL_IDS.items()}
+        return "".join(chr(t - CHAR_BASE) if t >= CHAR_BASE else names.get(t, "") for t in tokens)
+
+    def token_id(self, text: str) -> int | None:
+        return _SPECIAL_IDS.get(text)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _pieces(self) -> list[str]:
+        if not self.words:
+            return list(self.script)
+        return re.findall(r"\S+\s*|\s+", self.script)
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancel: threading.Event,
+        stats: GenerationStats | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> Iterator[GeneratedToken]:
+        stats = stats if stats is not None else GenerationStats()
+        stats.prompt_tokens = len(prompt)
+        stats.finish_reason = "length"
+        with self._lock:
+            self.generations += 1
+            self.running += 1
+            self.prompts.append(list(prompt))
+        try:
+            for i, piece in enumerate(self._pieces()):
+                if self.delay:
+                    time.sleep(self.delay)
+                if cancel.is_set():
+                    stats.finish_reason = "cancelled"
+                    with self._lock:
+                        self.cancelled += 1
+                    return
+                if self.fail_after is not None and i >= self.fail_after:
+                    raise RuntimeError("fake engine failure")
+                if stats.completion_tokens >= params.max_tokens:
+                    return
+                stats.completion_tokens += 1
+                with self._lock:
+                    self.tokens_generated += 1
+                yield GeneratedToken(CHAR_BASE + ord(piece[0]), piece)
+            stats.finish_reason = "stop"
+            yield GeneratedToken(self.llm.token_eos(), "")
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_engines(*chat: FakeChatEngine, summary: bool = False) -> Engines:
+    """``Engines`` serving the given fakes (the first is the default), statuses loaded; the other
+    capabilities disabled, so ``/ready`` is 200."""
+    engines = Engines(chat={e.name: e for e in chat}, chat_default=chat[0].name if chat else None)
+    engines.status["chat"] = CapabilityStatus(
+        name=engines.chat_default or "chat",
+        status="loaded" if chat else "not_loaded",
+        context_length=chat[0].n_ctx if chat else None,
+    )
+    if summary and chat:
+        engines.summary = chat[0]
+        engines.status["local_summarization"] = CapabilityStatus(
+            name=chat[0].name, status="loaded", context_length=chat[0].n_ctx
+        )
+    for key in CAPABILITIES:
+        status = engines.capability(key)
+        if status.status == "not_loaded":
+            status.status = "disabled"
+    return engines

@@ -1,0 +1,218 @@
+"""Clients that leave, and overload, on a real Hypercorn with a slow fake model (reliability.md §1,
+§3): every way of leaving frees the slot at once and stops generation; a full queue is 503 +
+Retry-After; a failure mid-stream ends in ``response.failed``; the next request is served."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from egemma.runtime import Engines
+from egemma.settings import Settings
+from tests.conftest import AUTH, TEST_KEY, make_settings
+from tests.fakes.chat import FakeChatEngine, fake_engines
+from tests.servers import LiveServer
+
+DELAY = 0.01  # seconds per fake token
+LONG = "tok " * 2000  # ~20 s of tokens: never finishes on its own within a test
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings(
+        WORKBENCH_API_KEY=TEST_KEY, CHAT_RATE_LIMIT_CALLS=1_000_000, CHAT_QUEUE_SIZE=2
+    )
+
+
+@pytest.fixture
+def slow() -> FakeChatEngine:
+    return FakeChatEngine("slow", script=LONG, delay=DELAY, queue_size=2)
+
+
+@pytest.fixture
+def full() -> FakeChatEngine:
+    return FakeChatEngine("full", script=LONG, delay=DELAY, queue_size=0)
+
+
+@pytest.fixture
+def broken() -> FakeChatEngine:
+    return FakeChatEngine("broken", script=LONG, delay=DELAY, fail_after=3)
+
+
+@pytest.fixture
+def quick() -> FakeChatEngine:
+    return FakeChatEngine("quick")
+
+
+@pytest.fixture
+def engines(
+    slow: FakeChatEngine, full: FakeChatEngine, broken: FakeChatEngine, quick: FakeChatEngine
+) -> Engines:
+    return fake_engines(slow, full, broken, quick)
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
+
+
+def idle(engine: FakeChatEngine) -> bool:
+    return not engine.queue.busy and engine.queue.depth == 0 and engine.running == 0
+
+
+def assert_stopped(engine: FakeChatEngine) -> None:
+    """The slot is free, generation stopped and stays stopped."""
+    wait_until(lambda: idle(engine))
+    tokens = engine.tokens_generated
+    time.sleep(DELAY * 5)
+    assert engine.tokens_generated == tokens
+    assert engine.running == 0
+
+
+def raw_request(server: LiveServer, model: str, stream: bool = True) -> socket.socket:
+    body = json.dumps({"model": model, "input": "hi", "stream": stream})
+    head = (
+        "POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {TEST_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall((head + body).encode())
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    seen = b""
+    while marker not in seen:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def events(lines: Iterator[str]) -> Iterator[dict[str, object]]:
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+def served(server: LiveServer) -> None:
+    resp = httpx.post(
+        f"{server.base_url}/v1/responses",
+        json={"model": "quick", "input": "hi"},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "completed"
+
+
+def test_abandon_after_some_events(live_server: LiveServer, slow: FakeChatEngine) -> None:
+    with (
+        httpx.Client(base_url=live_server.base_url, headers=AUTH, timeout=30) as http,
+        http.stream("POST", "/v1/responses", json={"model": "slow", "input": "hi", "stream": True})
+        as resp,
+    ):
+        assert resp.status_code == 200
+        for n, _ in enumerate(events(resp.iter_lines())):
+            if n == 5:
+                break
+    assert_stopped(slow)
+    assert slow.cancelled == 1
+    served(live_server)
+    metrics = httpx.get(f"{live_server.base_url}/metrics").text
+    assert 'egemma_client_disconnects_total{stage="generating"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("close", [socket.socket.close, reset], ids=["fin", "rst"])
+def test_abandon_before_the_first_byte(
+    live_server: LiveServer, slow: FakeChatEngine, close: Callable[[socket.socket], None]
+) -> None:
+    sock = raw_request(live_server, "slow")
+    close(sock)
+    wait_until(lambda: slow.queue.admitted == 1 or idle(slow))
+    assert_stopped(slow)
+    served(live_server)
+
+
+def test_abandon_while_queued(live_server: LiveServer, slow: FakeChatEngine) -> None:
+    holder = raw_request(live_server, "slow")
+    read_until(holder, b"data: ")
+    waiter = raw_request(live_server, "slow")
+    wait_until(lambda: slow.queue.depth == 1)
+    waiter.close()
+    wait_until(lambda: slow.queue.depth == 0)
+    assert slow.queue.abandoned == 1
+    assert slow.queue.busy  # the holder still streams
+    holder.close()
+    assert_stopped(slow)
+    assert slow.generations == 1  # the waiter never generated
+    metrics = httpx.get(f"{live_server.base_url}/metrics").text
+    assert 'egemma_client_disconnects_total{stage="queued"} 1.0' in metrics
+
+
+def test_queue_full_is_503_with_retry_after(live_server: LiveServer, full: FakeChatEngine) -> None:
+    holder = raw_request(live_server, "full")
+    read_until(holder, b"data: ")
+    try:
+        for stream in (True, False):
+            resp = httpx.post(
+                f"{live_server.base_url}/v1/responses",
+                json={"model": "full", "input": "hi", "stream": stream},
+                headers=AUTH,
+                timeout=10,
+            )
+            assert resp.status_code == 503
+            assert int(resp.headers["retry-after"]) >= 1
+            assert resp.json()["error"]["code"] == "server_busy"
+    finally:
+        holder.close()
+    assert_stopped(full)
+    assert full.queue.rejected == 2
+
+
+def test_failure_mid_stream_ends_with_response_failed(
+    live_server: LiveServer, broken: FakeChatEngine
+) -> None:
+    with httpx.Client(base_url=live_server.base_url, headers=AUTH, timeout=30) as http:
+        body = {"model": "broken", "input": "hi", "stream": True}
+        with http.stream("POST", "/v1/responses", json=body) as resp:
+            seen = list(events(resp.iter_lines()))
+    assert seen[-1]["type"] == "response.failed"
+    assert [e["sequence_number"] for e in seen] == list(range(len(seen)))
+    wait_until(lambda: idle(broken))
+    served(live_server)
+
+
+@pytest.mark.slow
+def test_a_thousand_aborted_streams_leak_nothing(
+    live_server: LiveServer, slow: FakeChatEngine
+) -> None:
+    slow.delay = 0.001
+    for i in range(1000):
+        sock = raw_request(live_server, "slow")
+        read_until(sock, b"data: ")
+        if i % 2:
+            reset(sock)
+        else:
+            sock.close()
+    assert_stopped(slow)
+    assert slow.queue.admitted == 1000
+    assert slow.generations <= 1000
+    served(live_server)
