@@ -1,0 +1,109 @@
+"""Chat benchmark: streamed decode rate and time to first token through the server, against
+native llama-cpp-python on the same prompt tokens and model in the same run.
+
+Goals (issue 3): decode ≥ 0.95× native; TTFT ≤ 15 ms over native prefill."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import Server, decode_rate, log, median, row, stream_timings  # noqa: E402
+
+from egemma.engines.base import Turn  # noqa: E402
+from egemma.engines.llamacpp import LlamaChatEngine  # noqa: E402
+from egemma.modelfiles import resolve  # noqa: E402
+from egemma.services.context import ToolMode  # noqa: E402
+from egemma.services.prompting import prompter_for  # noqa: E402
+from egemma.settings import Settings  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+RUNS = 5
+TOKENS = 64
+
+
+def prompt(i: int) -> str:
+    # A different opening per run: neither side gets a KV-cache head start on prefill.
+    return f"Story {i}. Write a long, detailed story about a lighthouse keeper and a storm."
+
+
+def native(engine: LlamaChatEngine, tokens: list[int]) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    stamps: list[float] = []
+    for _ in engine.llm.create_completion(tokens, max_tokens=TOKENS, temperature=0.0, stream=True):
+        stamps.append(time.perf_counter())
+    return stamps[0] - start, decode_rate(stamps), len(stamps)
+
+
+def main() -> int:
+    settings = Settings(env_file=None)
+    settings.chat.n_ctx = 2048
+    path = resolve(f"builtin:{MODEL}", "CHAT_MODEL_PATH", settings.server.data_dir).path
+    log("loading the native baseline model")
+    engine = LlamaChatEngine.load(MODEL, path, settings.chat)
+    prompter = prompter_for(engine, "auto", settings.server.data_dir)
+    server = Server(CHAT_N_CTX="2048", CHAT_EXTRA_MODELS="")
+    try:
+        native_ttft, native_rate, server_ttft, server_rate = [], [], [], []
+        for i in range(RUNS):
+            plan = prompter.plan(
+                [Turn("user", prompt(i))],
+                instructions=None,
+                tool_mode=ToolMode("none", ()),
+                effort="low",
+                text=None,
+            )
+            t, r, _ = native(engine, plan.tokens)
+            native_ttft.append(t)
+            native_rate.append(r)
+            timing = stream_timings(
+                server.url,
+                {
+                    "model": MODEL,
+                    "input": prompt(i),
+                    "max_output_tokens": TOKENS,
+                    "temperature": 0,
+                    "store": False,
+                },
+            )
+            server_ttft.append(timing["ttft"])
+            server_rate.append(decode_rate(timing["stamps"]))
+            log(
+                f"run {i}: native ttft {t * 1000:.1f} ms {r:.1f} tok/s | server ttft "
+                f"{timing['ttft'] * 1000:.1f} ms {server_rate[-1]:.1f} tok/s"
+            )
+    finally:
+        server.stop()
+        engine.close()
+    n_rate, s_rate = median(native_rate), median(server_rate)
+    n_ttft, s_ttft = median(native_ttft) * 1000, median(server_ttft) * 1000
+    rows = [
+        row(
+            "streamed decode through the server vs native",
+            s_rate,
+            n_rate,
+            s_rate / n_rate,
+            ">= 0.95",
+            "tokens/s",
+        ),
+        row(
+            "time to first token: server minus native prefill",
+            s_ttft - n_ttft,
+            n_ttft,
+            None,
+            "<= 15",
+            "ms",
+        ),
+        row("time to first token through the server", s_ttft, n_ttft, s_ttft / n_ttft, None, "ms"),
+    ]
+    print(json.dumps({"name": "chat", "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
