@@ -141,6 +141,7 @@ async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
 
 
 _HTTP_CODES = {
+    400: ("invalid_request_error", "invalid_request"),  # FastAPI: a body that is not JSON
     401: ("invalid_request_error", "invalid_api_key"),
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),

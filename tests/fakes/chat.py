@@ -78,6 +78,11 @@ class FakeChatEngine:
         self.closed = False
         self._lock = threading.Lock()
 
+    def with_template(self, template: str) -> FakeChatEngine:
+        """Serve a different chat template (hostile-template tests)."""
+        self.chat_template = template
+        return self
+
     # -- tokenizer ----------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:

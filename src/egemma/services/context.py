@@ -19,6 +19,9 @@ Item = dict[str, Any]
 MAX_TOOLS = 128
 MAX_TOOLS_JSON_BYTES = 256 * 1024
 MAX_SCHEMA_DEPTH = 32
+# Regex and enum caps: grammar compilers recurse on patterns (llama.cpp #25283, #19008).
+MAX_PATTERN_CHARS = 1024
+MAX_ENUM_VALUES = 1024
 
 
 def _text_of(parts: Any, *, param: str) -> str:
@@ -99,6 +102,33 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def _check_keywords(schema: dict[str, Any], param: str) -> None:
+    """Bound ``pattern`` lengths and ``enum`` sizes anywhere in a schema, iteratively."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and len(pattern) > MAX_PATTERN_CHARS:
+            raise InvalidRequestError(
+                f"A schema pattern is longer than {MAX_PATTERN_CHARS} characters.",
+                param=param,
+                code="schema_too_complex",
+            )
+        enum = node.get("enum")
+        if isinstance(enum, list) and len(enum) > MAX_ENUM_VALUES:
+            raise InvalidRequestError(
+                f"A schema enum has more than {MAX_ENUM_VALUES} values.",
+                param=param,
+                code="schema_too_complex",
+            )
+        stack.extend(node.values())
+
+
 def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
     if schema is None:
         return {"type": "object", "properties": {}}
@@ -110,11 +140,20 @@ def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
             param=param,
             code="schema_too_deep",
         )
+    _check_keywords(schema, param)
     if "$ref" in json.dumps(schema):
         raise InvalidRequestError(
             "Schemas with $ref are not supported.", param=param, code="unsupported_schema"
         )
     return {k: v for k, v in schema.items() if k not in ("$schema", "title")}
+
+
+def check_text_format(text: dict[str, Any] | None) -> None:
+    """``text.format`` json_schema gets the same bounds as tool parameters (400, not a 500 in
+    the grammar compiler)."""
+    fmt = (text or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and "schema" in fmt:
+        check_schema(fmt["schema"], param="text.format.schema")
 
 
 def parse_tools(tools: list[Any] | None, *, param: str = "tools") -> list[ToolSpec]:

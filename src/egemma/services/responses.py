@@ -23,7 +23,13 @@ from egemma.errors import InvalidRequestError, NotFoundError, UnavailableError
 from egemma.ids import new_id
 from egemma.protocol.responses import ResponsesRequest
 from egemma.runtime import Engines
-from egemma.services.context import ToolMode, items_to_turns, parse_tool_choice, parse_tools
+from egemma.services.context import (
+    ToolMode,
+    check_text_format,
+    items_to_turns,
+    parse_tool_choice,
+    parse_tools,
+)
 from egemma.services.conversations import validate_metadata
 from egemma.services.generation import check_context, stream_tokens
 from egemma.services.items import normalize_input, resolve_references
@@ -137,6 +143,7 @@ class ResponsesService:
         chat = self.settings.chat
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
+        check_text_format(text)
         prompter = prompter_for(engine, chat.prompt_format, self.settings.server.data_dir)
 
         def plan_for(turns: list[Turn]) -> PromptPlan:
