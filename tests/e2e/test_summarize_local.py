@@ -150,3 +150,24 @@ def test_real_server_local_summary(engine: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["language"] == "Markdown"
     assert r.json()["chunks"] == 1
+
+
+async def test_departed_client_stops_the_work_and_caches_nothing(engine: Any) -> None:
+    from egemma.errors import UnavailableError
+    from egemma.personas import PersonaRegistry, default_personas_dir
+    from egemma.services.summarize import SummarizeService, SummaryRequest
+
+    settings = _settings()
+    registry = PersonaRegistry.from_directory(default_personas_dir())
+    service = SummarizeService.create(settings, _engines(engine), registry)
+
+    async def gone() -> bool:
+        return True
+
+    request = SummaryRequest(filename="a.py", data=CODE, max_tokens=8)
+    with pytest.raises(UnavailableError) as info:
+        await service.summarize(request, gone)
+    assert info.value.code == "client_disconnected"
+    assert service.model_calls == 0
+    assert service.cache.misses == 1
+    await service.aclose()

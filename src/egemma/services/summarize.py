@@ -287,6 +287,10 @@ class _LocalRunner:
 
     async def complete(self, user: str, max_tokens: int) -> str:
         turns = [Turn("system", self.job.system), Turn("user", user)]
+        # The queue only checks for a departed client while waiting; map-reduce makes many calls,
+        # so stop between them too rather than summarising for nobody.
+        if self.is_disconnected is not None and await self.is_disconnected():
+            raise UnavailableError("The client disconnected.", code="client_disconnected")
         self.service.model_calls += 1
         try:
             result = await complete_text(
