@@ -369,3 +369,20 @@ def test_real_server_on_loopback(live_server: LiveServer, fake: FakeGemini) -> N
         assert limited.status_code == 429
         assert limited.headers["Retry-After"] == "7"
         assert "X-Request-Id" in limited.headers
+
+
+@pytest.mark.parametrize("filename", ["a\x00.py", "a\r\nX-Evil: 1.py", "../../../../etc/passwd"])
+async def test_hostile_filenames_are_only_names(client: httpx.AsyncClient, filename: str) -> None:
+    r = await _post(client, SOURCE, filename)
+    assert r.status_code == 200, r.text
+    assert r.json()["language"] in {"Python", "code"}
+    assert "X-Evil" not in r.headers
+
+
+async def test_too_many_multipart_parts_is_400(client: httpx.AsyncClient) -> None:
+    fields = [(f"f{i}", "x") for i in range(1001)]
+    r = await client.post(
+        "/summarize", files={"file": ("a.py", SOURCE)}, data=dict(fields), headers=AUTH
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
