@@ -1,0 +1,158 @@
+"""The Harmony (gpt-oss) path through the real Responses service: prompt rendered with
+openai-harmony, a recorded completion's tokens parsed into reasoning, calls and messages."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from openai.types.responses import Response
+
+from egemma.app import create_app
+from egemma.engines import harmony
+from egemma.engines.base import CapabilityStatus, GeneratedToken, SamplingParams
+from egemma.engines.llamacpp import GenerationStats
+from egemma.engines.queue import ModelQueue
+from egemma.runtime import CAPABILITIES, Engines
+from tests.conftest import AUTH, TEST_KEY, make_settings
+
+pytestmark = pytest.mark.anyio
+
+CALL = (
+    "<|channel|>analysis<|message|>The user wants the weather; call the tool.<|end|>"
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+    '<|message|>{"city": "Oslo"}<|call|>'
+)
+FINAL = (
+    "<|channel|>analysis<|message|>Report it.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>It is sunny in Oslo.<|return|>"
+)
+TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+]
+
+
+class RecordedHarmonyEngine:
+    """A gpt-oss stand-in: replays a recorded completion, token by token, in Harmony tokens."""
+
+    architecture = "gpt-oss"
+    chat_template = None
+    n_ctx = 8192
+    path = "/fake/gpt-oss.gguf"
+
+    def __init__(self, encoding: Any) -> None:
+        self.name = "gpt-oss-20b"
+        self.encoding = encoding
+        self.queue = ModelQueue(4, 10.0)
+        self.script = CALL
+        self.prompts: list[list[int]] = []
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancel: threading.Event,
+        stats: GenerationStats,
+        json_schema: dict[str, Any] | None = None,
+    ) -> Iterator[GeneratedToken]:
+        self.prompts.append(list(prompt))
+        stats.prompt_tokens = len(prompt)
+        stats.finish_reason = "stop"
+        for token in self.encoding.encode(self.script, allowed_special="all"):
+            if cancel.is_set():
+                stats.finish_reason = "cancelled"
+                return
+            yield GeneratedToken(token, self.encoding.decode([token]))
+            if token in params.stop_token_ids:
+                return
+            stats.completion_tokens += 1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def setup(tmp_path: Any) -> AsyncIterator[tuple[httpx.AsyncClient, RecordedHarmonyEngine]]:
+    data = tmp_path / "data"
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY, DATA_DIR=str(data))
+    engine = RecordedHarmonyEngine(harmony.load_encoding(harmony.ensure_harmony_vocab(data)))
+    engines = Engines(chat={engine.name: engine}, chat_default=engine.name)
+    for key in CAPABILITIES:
+        engines.status[key] = CapabilityStatus(name=key, status="loaded")
+    app = create_app(settings, engines=engines)
+    async with LifespanManager(app) as mgr:
+        transport = httpx.ASGITransport(app=mgr.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
+            yield c, engine
+
+
+async def test_reasoning_and_call_then_final_answer(
+    setup: tuple[httpx.AsyncClient, RecordedHarmonyEngine],
+) -> None:
+    client, engine = setup
+    first = await client.post(
+        "/v1/responses",
+        json={
+            "input": "Weather in Oslo?",
+            "tools": TOOLS,
+            "reasoning": {"effort": "low"},
+            "instructions": "Be brief.",
+        },
+    )
+    assert first.status_code == 200, first.text
+    body = Response.model_validate(first.json())
+    assert [o.type for o in body.output] == ["reasoning", "function_call"]
+    assert body.output[0].content[0].text.startswith("The user wants")  # type: ignore[union-attr,index]
+    call = body.output[1]
+    assert call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Oslo"}
+    assert body.usage is not None
+    assert body.usage.output_tokens_details.reasoning_tokens > 0
+    prompt = engine.encoding.decode(engine.prompts[-1])
+    assert "Reasoning: low" in prompt
+    assert "Be brief." in prompt
+    assert "get_weather" in prompt
+
+    engine.script = FINAL
+    second = await client.post(
+        "/v1/responses",
+        json={
+            "previous_response_id": body.id,
+            "tools": TOOLS,
+            "stream": True,
+            "reasoning": {"summary": "auto"},
+            "input": [
+                {
+                    "type": "function_call_output",
+                    "call_id": call.call_id,  # type: ignore[union-attr]
+                    "output": "sunny",
+                }
+            ],
+        },
+    )
+    events = [
+        json.loads(line[6:]) for line in second.text.splitlines() if line.startswith("data: ")
+    ]
+    kinds = [e["type"] for e in events]
+    assert "response.reasoning_summary_text.delta" in kinds
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed"
+    assert [o["type"] for o in final["output"]] == ["reasoning", "message"]
+    assert final["output"][1]["content"][0]["text"] == "It is sunny in Oslo."
+    replay = engine.encoding.decode(engine.prompts[-1])
+    assert "functions.get_weather" in replay
+    assert "sunny" in replay
+    assert "Be brief." not in replay  # instructions are not carried over
