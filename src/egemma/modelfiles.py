@@ -124,7 +124,8 @@ def resolve(spec: str, setting: str, data_dir: Path, *, want_dir: bool = False) 
     ok = path.is_dir() if want_dir else path.is_file() and os.access(path, os.R_OK)
     if not ok:
         kind = "folder" if want_dir else "readable file"
-        raise ModelFileError(f"{setting}: {spec} is not a {kind} ({path})")
+        hint = " (run `egemma prepare-models`)" if spec.startswith(BUILTIN_PREFIX) else ""
+        raise ModelFileError(f"{setting}: {spec} is not a {kind} ({path}){hint}")
     return ResolvedModel(setting=setting, spec=spec, path=path, origin=origin)
 
 
