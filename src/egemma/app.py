@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 from egemma import __version__
@@ -122,6 +123,12 @@ def create_app(
         app.include_router(metrics.router, dependencies=[Depends(require_api_key)])
     else:
         app.include_router(metrics.router)
+    # Everything else needs the key, even when routing answers before dependencies run (405).
+    app.state.public_paths = frozenset(
+        [r.path for r in public.router.routes if isinstance(r, APIRoute)]
+        + ([] if settings.server.metrics_require_key else ["/metrics"])
+        + [p for p in (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url) if p]
+    )
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
     origins = [o.strip() for o in settings.server.cors_origins.split(",") if o.strip()]

@@ -152,6 +152,11 @@ _HTTP_CODES = {
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        from egemma.security import denies
+
+        if denies(request):  # deny by default: no key, no hint of which methods exist
+            return await _egemma_handler(request, AuthenticationError())
     error_type, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", None))
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"

@@ -87,3 +87,16 @@ async def require_api_key(request: Request) -> str:
         raise AuthenticationError("Invalid API key.")
     request.state.principal = got.hex()
     return got.hex()
+
+
+def denies(request: Request) -> bool:
+    """True when the matched route is not public and the request lacks the right key. Used where
+    routing fails before dependencies run (405 for HEAD/OPTIONS/PUT on a protected path), so an
+    unauthenticated caller learns nothing about which methods exist. Deny by default."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None or path in request.app.state.public_paths:
+        return False
+    token = presented_key(request)
+    expected: bytes = request.app.state.api_key_digest
+    return token is None or not hmac.compare_digest(digest(token), expected)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
-from fastapi.routing import APIRoute
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from egemma.app import create_app
-from tests.conftest import AUTH, TEST_KEY
+from egemma.runtime import Engines
+from tests.conftest import AUTH, TEST_KEY, make_settings
 from tests.servers import LiveServer
 
 PUBLIC = {"/", "/docs", "/openapi.json", "/health", "/ready", "/rate-limits", "/metrics"}
@@ -66,26 +70,114 @@ async def test_public_routes_need_no_key(client: httpx.AsyncClient) -> None:
     assert (await client.get("/")).status_code == 307
 
 
+def route_table(app: FastAPI) -> list[tuple[str, set[str]]]:
+    """(path template, methods) of every route, including routers FastAPI mounts lazily."""
+    table: list[tuple[str, set[str]]] = []
+    for route in app.router.routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        for item in contexts() if contexts else [route]:
+            path = getattr(item, "path_format", "") or getattr(item, "path", "")
+            table.append((path, set(getattr(item, "methods", None) or ())))
+    return table
+
+
+def _raw_status(port: int, method: str, path: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        head = sock.recv(65536)
+    return int(head.split(b" ", 2)[1])
+
+
+def _variants(path: str) -> list[str]:
+    """The path as a prefix-scoped guard might miss it (vLLM #18893, #42591, #58144)."""
+    head, _, tail = path.lstrip("/").partition("/")
+    out = [path + "/", "/" + path, f"/{head}/../{head}/{tail}" if tail else "/./" + head]
+    if tail:
+        out += [f"/{head}%2F{tail}", f"/{head}%2f{tail}"]
+    return out
+
+
 def test_every_non_public_route_requires_the_key(settings: object, engines: object) -> None:
     """Built from the route table, so a new router cannot ship unauthenticated."""
     app = create_app(settings, engines=engines)  # type: ignore[arg-type]
+    table = route_table(app)
+    protected = [(p, m) for p, m in table if p not in PUBLIC and not p.startswith("/docs")]
+    assert len(protected) >= 20, "the route table looks empty"
+    assert {p for p, _ in table} >= {"/v1/responses", "/v1/conversations", "/embed"}
     server = LiveServer(app)
     server.start()
     try:
         with httpx.Client(base_url=server.base_url) as http:
-            for route in app.routes:
-                if not isinstance(route, APIRoute) or route.path in PUBLIC:
-                    continue
-                path = route.path.replace("{", "x").replace("}", "")
-                for method in route.methods:
-                    _check_401(http.request(method, path))
-                    _check_401(http.request(method, path, headers={"Authorization": "Bearer no"}))
+            for route_path, methods in protected:
+                path = route_path.replace("{", "x").replace("}", "")
+                for method in sorted(methods | {"HEAD", "OPTIONS", "PUT", "PATCH"}):
+                    for headers in ({}, {"Authorization": "Bearer no"}):
+                        resp = http.request(method, path, headers=headers)
+                        if method == "HEAD":  # no body to read
+                            assert resp.status_code == 401, path
+                            assert resp.headers["www-authenticate"] == "Bearer"
+                        else:
+                            _check_401(resp)
+                for tricky in ("/./" + path.lstrip("/"), path.replace("/", "/x/../", 1)):
+                    # Raw: HTTP clients normalise dot segments before sending.
+                    for method in sorted(methods):
+                        assert _raw_status(server.port, method, tricky) in (401, 404), tricky
+                for tricky in _variants(path):
+                    for method in sorted(methods):
+                        # A full URL, so the client keeps "//x" as a path, not a host.
+                        resp = http.request(method, server.base_url + tricky)
+                        assert resp.status_code in (401, 404), (method, tricky)
             for tricky in ("/v1/models/", "//v1/models", "/v1/../v1/models", "/v1%2Fmodels"):
                 resp = http.get(tricky)
                 assert resp.status_code in (401, 404), tricky
                 assert resp.status_code != 200
     finally:
         server.stop()
+
+
+def test_cors_is_off_by_default(live_server: LiveServer) -> None:
+    preflight = {
+        "Origin": "https://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    with httpx.Client(base_url=live_server.base_url) as http:
+        resp = http.options("/v1/responses", headers=preflight)
+        assert "access-control-allow-origin" not in resp.headers
+        # A "simple" cross-origin POST (text/plain, no key) still needs the key.
+        post = http.post(
+            "/v1/responses",
+            content=b'{"input":"hi"}',
+            headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        )
+        _check_401(post)
+        assert "access-control-allow-origin" not in post.headers
+
+
+@pytest.mark.anyio
+async def test_cors_allows_only_configured_origins() -> None:
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY, CORS_ORIGINS="https://app.example")
+    app = create_app(settings, engines=Engines())
+    async with LifespanManager(app) as mgr:
+        transport = httpx.ASGITransport(app=mgr.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            for origin, allowed in (("https://app.example", True), ("https://evil.example", False)):
+                resp = await http.options(
+                    "/v1/responses",
+                    headers={
+                        "Origin": origin,
+                        "Access-Control-Request-Method": "POST",
+                        "Access-Control-Request-Headers": "authorization",
+                    },
+                )
+                got = resp.headers.get("access-control-allow-origin")
+                assert got == (origin if allowed else None)
+                assert "*" not in (got or "")
+            ok = await http.get("/v1/models", headers={**AUTH, "Origin": "https://app.example"})
+            assert ok.headers["access-control-allow-origin"] == "https://app.example"
 
 
 def test_real_server_auth(live_server: LiveServer) -> None:
