@@ -20,6 +20,7 @@ from egemma.metrics import Metrics
 from egemma.middleware.body_limit import BodyLimitMiddleware
 from egemma.middleware.observe import ObserveMiddleware
 from egemma.middleware.request_id import RequestIdMiddleware
+from egemma.openapi import install_openapi
 from egemma.ratelimit import RateLimiter
 from egemma.runtime import Engines
 from egemma.security import announce_generated_key, digest, provision_key, require_api_key
@@ -129,6 +130,7 @@ def create_app(
         + ([] if settings.server.metrics_require_key else ["/metrics"])
         + [p for p in (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url) if p]
     )
+    install_openapi(app, app.state.public_paths)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
     origins = [o.strip() for o in settings.server.cors_origins.split(",") if o.strip()]

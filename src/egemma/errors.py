@@ -157,6 +157,12 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
         if denies(request):  # deny by default: no key, no hint of which methods exist
             return await _egemma_handler(request, AuthenticationError())
+        from egemma.openapi import allowed_methods
+
+        path = getattr(request.scope.get("route"), "path", "")
+        methods = allowed_methods(request.app, path)
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
     error_type, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", None))
     if exc.status_code == 404:
         message = f"Not found: {request.method} {request.url.path}"

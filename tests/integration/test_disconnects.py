@@ -126,8 +126,9 @@ def served(server: LiveServer) -> None:
 def test_abandon_after_some_events(live_server: LiveServer, slow: FakeChatEngine) -> None:
     with (
         httpx.Client(base_url=live_server.base_url, headers=AUTH, timeout=30) as http,
-        http.stream("POST", "/v1/responses", json={"model": "slow", "input": "hi", "stream": True})
-        as resp,
+        http.stream(
+            "POST", "/v1/responses", json={"model": "slow", "input": "hi", "stream": True}
+        ) as resp,
     ):
         assert resp.status_code == 200
         for n, _ in enumerate(events(resp.iter_lines())):
