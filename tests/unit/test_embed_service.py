@@ -232,3 +232,14 @@ def test_session_options_never_spin() -> None:
     opts = session_options(threads=2)
     assert opts.intra_op_num_threads == 2
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_float_array_is_json_and_round_trips_float32() -> None:
+    import json
+
+    from egemma.api.embeddings import float_array
+
+    rng = np.random.default_rng(7)
+    v = (rng.standard_normal(300) * np.logspace(-9, 3, 300)).astype(np.float32)
+    back = np.asarray(json.loads(float_array(v)), dtype=np.float32)
+    np.testing.assert_array_equal(back, v)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
@@ -47,8 +47,17 @@ async def embedding_service(request: Request) -> EmbeddingService:
     return service
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+def _json(body: str) -> Response:
+    return Response(body, media_type="application/json")
+
+
+def float_array(vector: np.ndarray) -> str:
+    """A JSON array of float32 values: 9 significant digits round-trip float32 exactly, and
+    %-formatting is ~4× faster than the json module's repr of the widened doubles."""
+    values = vector.tolist()
+    if not np.isfinite(vector).all():
+        return json.dumps(values)
+    return "[" + ",".join(["%.9g" % x for x in values]) + "]"  # noqa: UP031
 
 
 def _looks_binary(data: bytes, threshold: float) -> bool:
@@ -105,7 +114,8 @@ async def embed(
     for size in sizes:
         service.check_dimensions(size)
     result = await service.embed([text], prompt_name=prompt_name, title=title)
-    return _json({f"embedding_{d}d": truncate(result.vectors, d)[0].tolist() for d in sizes})
+    parts = [f'"embedding_{d}d":{float_array(truncate(result.vectors, d)[0])}' for d in sizes]
+    return _json("{" + ",".join(parts) + "}")
 
 
 def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
@@ -132,10 +142,11 @@ def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
     return texts
 
 
-def _encode(vector: np.ndarray, encoding_format: str) -> Any:
+def _encode(vector: np.ndarray, encoding_format: str) -> str:
+    """The JSON text of one ``embedding`` value."""
     if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
-    return vector.tolist()
+        return '"' + base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode() + '"'
+    return float_array(vector)
 
 
 @router.post(
@@ -153,9 +164,12 @@ async def create_embeddings(
     service.check_dimensions(size)
     result = await service.embed(texts, prompt_name=body.prompt_name)
     vectors = result.vectors if size == service.engine.dimension else truncate(result.vectors, size)
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+    # Written by hand: the vectors are the whole payload, and this is the hot path.
+    data = ",".join(
+        f'{{"object":"embedding","index":{i},"embedding":{_encode(v, body.encoding_format)}}}'
         for i, v in enumerate(vectors)
-    ]
-    usage = {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens}
-    return _json({"object": "list", "data": data, "model": service.engine.name, "usage": usage})
+    )
+    tokens = result.total_tokens
+    model = json.dumps(service.engine.name)
+    usage = f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}'
+    return _json(f'{{"object":"list","data":[{data}],"model":{model},"usage":{usage}}}')
