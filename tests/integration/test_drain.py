@@ -17,12 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from egemma.app import create_app
 from egemma.lifecycle import drain
 from egemma.settings import Settings
 from tests.conftest import AUTH, TEST_KEY, make_settings
 from tests.fakes.chat import FakeChatEngine, fake_engines
+from tests.fakes.embeddings import FakeEmbeddingEngine
 from tests.servers import LiveServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +210,37 @@ def test_drain_turns_away_queued_requests(settings: Settings) -> None:
         assert not fake.queue.busy
     finally:
         server.stop()
+
+
+@pytest.mark.anyio
+async def test_draining_refuses_every_write_but_serves_reads(settings: Settings) -> None:
+    engines = fake_engines(FakeChatEngine("fake"), summary=True)
+    engines.embedding = FakeEmbeddingEngine(dimension=16)
+    engines.capability("embeddings").status = "loaded"
+    app = create_app(settings, engines=engines)
+    async with LifespanManager(app) as mgr:
+        transport = httpx.ASGITransport(app=mgr.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            app.state.draining = True
+            writes = [
+                ("/v1/responses", {"json": {"input": "hi"}}),
+                (
+                    "/v1/chat/completions",
+                    {"json": {"messages": [{"role": "user", "content": "x"}]}},
+                ),
+                ("/v1/embeddings", {"json": {"input": "hi"}}),
+                ("/embed", {"files": {"file": ("a.txt", b"hi")}}),
+                ("/summarize", {"files": {"file": ("a.py", b"print(1)\n")}}),
+                ("/parse-ast", {"data": {"language": "python"}, "files": {"file": ("a.py", b"x")}}),
+                ("/v1/conversations", {"json": {}}),
+            ]
+            for path, kwargs in writes:
+                resp = await http.post(path, headers=AUTH, **kwargs)
+                assert resp.status_code == 503, path
+                assert resp.headers["retry-after"] == "5"
+                assert resp.json()["error"]["code"] == "draining"
+            assert (await http.get("/v1/models", headers=AUTH)).status_code == 200
+            assert (await http.get("/v1/conversations", headers=AUTH)).status_code == 200
+            assert (await http.post("/v1/responses", json={})).status_code == 401
+            metrics = (await http.get("/metrics")).text
+            assert "egemma_draining 1.0" in metrics

@@ -65,8 +65,11 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     # HTTPException passes FastAPI's body parsing untouched (any other becomes 400).
+                    # The rest of the body is never read: the connection cannot be reused.
                     raise HTTPException(
-                        413, f"Request body exceeds the limit of {self.max_bytes} bytes."
+                        413,
+                        f"Request body exceeds the limit of {self.max_bytes} bytes.",
+                        headers={"Connection": "close"},
                     )
             return message
 
