@@ -9,10 +9,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from egemma.app import create_app
 from egemma.runtime import Engines
 from egemma.settings import Settings
 from tests.conftest import AUTH, TEST_KEY, make_settings
@@ -217,3 +219,47 @@ def test_a_thousand_aborted_streams_leak_nothing(
     assert slow.queue.admitted == 1000
     assert slow.generations <= 1000
     served(live_server)
+
+
+def test_a_burst_gets_only_200_or_503(live_server: LiveServer, slow: FakeChatEngine) -> None:
+    """Overload is capacity (503 + Retry-After), never another 5xx, and leaves nothing behind."""
+    slow.script, slow.delay = "tok " * 20, 0.002
+
+    def call(i: int) -> httpx.Response:
+        return httpx.post(
+            f"{live_server.base_url}/v1/responses",
+            json={"model": "slow", "input": "hi", "stream": i % 2 == 0},
+            headers=AUTH,
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(call, range(48)))
+    statuses = {r.status_code for r in answers}
+    assert statuses <= {200, 503}
+    assert 200 in statuses
+    for resp in answers:
+        if resp.status_code == 503:
+            assert int(resp.headers["retry-after"]) >= 1
+    wait_until(lambda: idle(slow))
+    served(live_server)
+
+
+def test_rate_limit_counts_a_stream_once_and_ignores_forwarded_for() -> None:
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY, CHAT_RATE_LIMIT_CALLS=2)
+    server = LiveServer(create_app(settings, engines=fake_engines(FakeChatEngine("quick"))))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=30) as http:
+            body = {"input": "hi", "stream": True}
+            with http.stream("POST", "/v1/responses", json=body) as resp:
+                assert sum(1 for _ in events(resp.iter_lines())) > 5  # many events, one call
+            assert http.post("/v1/responses", json={"input": "hi"}).status_code == 200
+            for forwarded in (None, "203.0.113.7", "198.51.100.1, 10.0.0.1"):
+                headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+                over = http.post("/v1/responses", json={"input": "hi"}, headers=headers)
+                assert over.status_code == 429
+                assert int(over.headers["retry-after"]) >= 1
+                assert "Rate limit exceeded. Try again in" in over.json()["error"]["message"]
+    finally:
+        server.stop()
