@@ -12,7 +12,19 @@ from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 from egemma import __version__
-from egemma.api import metrics, models, public
+from egemma.api import (
+    ast,
+    chat,
+    conversations,
+    embeddings,
+    metrics,
+    models,
+    personas,
+    public,
+    responses,
+    stored_responses,
+    summarize,
+)
 from egemma.errors import install_handlers
 from egemma.lifecycle import Generations, refuse_when_draining
 from egemma.loaders import load_all
@@ -30,30 +42,18 @@ from egemma.store.sqlite import store_from_settings
 
 log = logging.getLogger(__name__)
 
-# Routers that need the key. Each feature adds its router here; auth is attached once, at mount.
-PROTECTED: list[APIRouter] = [models.router]
-
-
-def _protected_routers() -> list[APIRouter]:
-    routers = list(PROTECTED)
-    for module_name in (
-        "egemma.api.responses",
-        "egemma.api.chat",
-        "egemma.api.conversations",
-        "egemma.api.stored_responses",
-        "egemma.api.embeddings",
-        "egemma.api.summarize",
-        "egemma.api.ast",
-        "egemma.api.personas",
-    ):
-        try:
-            module = __import__(module_name, fromlist=["router"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        routers.append(module.router)
-    return routers
+# Routers that need the key; auth is attached once, when they are mounted (deny by default).
+PROTECTED: tuple[APIRouter, ...] = (
+    models.router,
+    responses.router,
+    chat.router,
+    conversations.router,
+    stored_responses.router,
+    embeddings.router,
+    summarize.router,
+    ast.router,
+    personas.router,
+)
 
 
 def create_app(
@@ -118,7 +118,7 @@ def create_app(
     app.include_router(public.router)
     # Auth first, then refuse new work while draining (lifecycle.py).
     guards = [Depends(require_api_key), Depends(refuse_when_draining)]
-    for router in _protected_routers():
+    for router in PROTECTED:
         app.include_router(router, dependencies=guards)
     if settings.server.metrics_require_key:
         app.include_router(metrics.router, dependencies=[Depends(require_api_key)])
