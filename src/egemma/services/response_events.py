@@ -92,18 +92,28 @@ class ResponseBuilder:
         self._text = ""
         if kind == "message":
             item: dict[str, Any] = {
-                "id": new_id("msg"), "type": "message", "role": "assistant",
-                "status": "in_progress", "content": [],
+                "id": new_id("msg"),
+                "type": "message",
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
             }
         elif kind == "reasoning":
             item = {
-                "id": new_id("rs"), "type": "reasoning", "status": "in_progress",
-                "summary": [], "content": [],
+                "id": new_id("rs"),
+                "type": "reasoning",
+                "status": "in_progress",
+                "summary": [],
+                "content": [],
             }
         else:
             item = {
-                "id": new_id("fc"), "type": "function_call", "status": "in_progress",
-                "call_id": new_id("call"), "name": delta.name or "", "arguments": "",
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": new_id("call"),
+                "name": delta.name or "",
+                "arguments": "",
             }
         self.output.append(item)
         self._item = item
@@ -125,16 +135,28 @@ class ResponseBuilder:
         assert item is not None
         base = {"item_id": item["id"], "output_index": len(self.output) - 1}
         if item["type"] == "message":
-            return [{"type": "response.output_text.delta", **base, "content_index": 0,
-                     "delta": text, "logprobs": []}]
+            return [
+                {
+                    "type": "response.output_text.delta",
+                    **base,
+                    "content_index": 0,
+                    "delta": text,
+                    "logprobs": [],
+                }
+            ]
         if item["type"] == "reasoning":
             events: list[Event] = [
-                {"type": "response.reasoning_text.delta", **base, "content_index": 0,
-                 "delta": text}
+                {"type": "response.reasoning_text.delta", **base, "content_index": 0, "delta": text}
             ]
             if self.summary:
-                events.append({"type": "response.reasoning_summary_text.delta", **base,
-                               "summary_index": 0, "delta": text})
+                events.append(
+                    {
+                        "type": "response.reasoning_summary_text.delta",
+                        **base,
+                        "summary_index": 0,
+                        "delta": text,
+                    }
+                )
             return events
         return [{"type": "response.function_call_arguments.delta", **base, "delta": text}]
 
@@ -150,8 +172,13 @@ class ResponseBuilder:
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             item["content"] = [part]
             events += [
-                {"type": "response.output_text.done", **base, "content_index": 0, "text": text,
-                 "logprobs": []},
+                {
+                    "type": "response.output_text.done",
+                    **base,
+                    "content_index": 0,
+                    "text": text,
+                    "logprobs": [],
+                },
                 self._part_event("response.content_part.done", part, item),
             ]
         elif item["type"] == "reasoning":
@@ -164,19 +191,30 @@ class ResponseBuilder:
             if self.summary:
                 item["summary"] = [{"type": "summary_text", "text": text}]
                 events += [
-                    {"type": "response.reasoning_summary_text.done", **base, "summary_index": 0,
-                     "text": text},
+                    {
+                        "type": "response.reasoning_summary_text.done",
+                        **base,
+                        "summary_index": 0,
+                        "text": text,
+                    },
                     self._summary_event("response.reasoning_summary_part.done", text, item),
                 ]
         else:
             item["arguments"] = text
             if status == "completed" and not self._valid_call(item):
                 self.invalid_tool_calls.append(item["name"])
-            events.append({"type": "response.function_call_arguments.done", **base,
-                           "name": item["name"], "arguments": text})
+            events.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    **base,
+                    "name": item["name"],
+                    "arguments": text,
+                }
+            )
         item["status"] = status
-        events.append({"type": "response.output_item.done", "output_index": index,
-                       "item": _copy(item)})
+        events.append(
+            {"type": "response.output_item.done", "output_index": index, "item": _copy(item)}
+        )
         return events
 
     def _valid_call(self, item: dict[str, Any]) -> bool:
@@ -192,14 +230,24 @@ class ResponseBuilder:
     ) -> Event:
         item = item or self._item
         assert item is not None
-        return {"type": kind, "item_id": item["id"], "output_index": len(self.output) - 1,
-                "content_index": 0, "part": dict(part)}
+        return {
+            "type": kind,
+            "item_id": item["id"],
+            "output_index": len(self.output) - 1,
+            "content_index": 0,
+            "part": dict(part),
+        }
 
     def _summary_event(self, kind: str, text: str, item: dict[str, Any] | None = None) -> Event:
         item = item or self._item
         assert item is not None
-        return {"type": kind, "item_id": item["id"], "output_index": len(self.output) - 1,
-                "summary_index": 0, "part": {"type": "summary_text", "text": text}}
+        return {
+            "type": kind,
+            "item_id": item["id"],
+            "output_index": len(self.output) - 1,
+            "summary_index": 0,
+            "part": {"type": "summary_text", "text": text},
+        }
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:
