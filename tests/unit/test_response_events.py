@@ -15,7 +15,8 @@ from egemma.api.sse import encode_event, sse_bytes
 from egemma.engines.base import OutputDelta
 from egemma.protocol.responses import ResponsesRequest
 from egemma.services.response_events import ResponseBuilder
-from egemma.services.responses import _response_object, _usage
+from egemma.services.response_events import new_response as _response_object
+from egemma.services.response_events import usage_of as _usage
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 

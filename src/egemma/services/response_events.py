@@ -13,8 +13,9 @@ import json
 import time
 from typing import Any
 
-from egemma.engines.base import OutputDelta
+from egemma.engines.base import OutputDelta, ToolSpec
 from egemma.ids import new_id
+from egemma.protocol.responses import ResponsesRequest
 
 Event = dict[str, Any]
 
@@ -252,3 +253,76 @@ class ResponseBuilder:
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(item))  # type: ignore[no-any-return]
+
+
+def usage_of(stats: Any, reasoning: int) -> dict[str, Any]:
+    """The ``usage`` object from generation stats (counts from the model's own tokenizer)."""
+    return {
+        "input_tokens": stats.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": stats.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": stats.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+    }
+
+
+def new_response(
+    req: ResponsesRequest,
+    engine: Any,
+    tools: list[ToolSpec],
+    metadata: dict[str, str],
+    effort: str,
+    store: bool,
+    conversation_id: str | None,
+    temperature: float,
+    top_p: float,
+) -> dict[str, Any]:
+    summary = None
+    if req.reasoning is not None:
+        summary = req.reasoning.summary or req.reasoning.generate_summary
+    text = req.text.model_dump(exclude_none=True) if req.text else {}
+    text.setdefault("format", {"type": "text"})
+    return {
+        "id": new_id("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "completed_at": None,
+        "conversation": {"id": conversation_id} if conversation_id else None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "max_tool_calls": req.max_tool_calls,
+        "metadata": metadata,
+        "model": req.model or engine.name,
+        "output": [],
+        "parallel_tool_calls": req.parallel_tool_calls
+        if req.parallel_tool_calls is not None
+        else True,
+        "previous_response_id": req.previous_response_id,
+        "prompt_cache_key": req.prompt_cache_key,
+        "reasoning": {"effort": effort, "summary": summary},
+        "safety_identifier": req.safety_identifier,
+        "service_tier": "default",
+        "store": store,
+        "temperature": temperature,
+        "text": text,
+        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+        "tools": [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+                "strict": t.strict,
+            }
+            for t in tools
+        ],
+        "top_logprobs": req.top_logprobs,
+        "top_p": top_p,
+        "truncation": req.truncation or "disabled",
+        "usage": None,
+        "user": req.user,
+    }

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ import jsonschema
 from egemma.engines.base import GeneratedToken, SamplingParams, ToolSpec, Turn
 from egemma.engines.llamacpp import GenerationStats
 from egemma.errors import InvalidRequestError, NotFoundError, UnavailableError
-from egemma.ids import new_id
 from egemma.protocol.responses import ResponsesRequest
 from egemma.runtime import Engines
 from egemma.services.context import (
@@ -34,7 +32,7 @@ from egemma.services.conversations import validate_metadata
 from egemma.services.generation import check_context, stream_tokens
 from egemma.services.items import normalize_input, resolve_references
 from egemma.services.prompting import PromptPlan, prompter_for
-from egemma.services.response_events import Event, ResponseBuilder
+from egemma.services.response_events import Event, ResponseBuilder, new_response, usage_of
 from egemma.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +53,20 @@ class Prepared:
     store: bool
     conversation_id: str | None
     known_ids: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Draft:
+    engine: Any
+    tools: list[ToolSpec]
+    tool_mode: ToolMode
+    new_items: list[Item]
+    context: list[Item]
+    conversation_id: str | None
+    effort: str
+    plan_for: Callable[[list[Turn]], PromptPlan]
+    turns: list[Turn]
+    plan: PromptPlan
 
 
 def resolve_engine(engines: Engines, settings: Settings, requested: str | None) -> Any:
@@ -133,13 +145,12 @@ class ResponsesService:
 
     # -- preparation --------------------------------------------------------------------------
 
-    async def prepare(self, req: ResponsesRequest) -> Prepared:
+    async def _draft(self, req: ResponsesRequest) -> _Draft:
+        """Everything a request implies before budgets: engine, tools, context, prompt."""
         engine = resolve_engine(self.engines, self.settings, req.model)
-        metadata = validate_metadata(req.metadata)
         tools = parse_tools(req.tools)
         tool_mode = parse_tool_choice(req.tool_choice, tools)
         new_items, context, conversation_id = await self._context(req)
-        turns = items_to_turns(context)
         chat = self.settings.chat
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
@@ -151,9 +162,26 @@ class ResponsesService:
                 turns, instructions=req.instructions, tool_mode=tool_mode, effort=effort, text=text
             )
 
-        plan = plan_for(turns)
+        turns = items_to_turns(context)
+        return _Draft(
+            engine,
+            tools,
+            tool_mode,
+            new_items,
+            context,
+            conversation_id,
+            effort,
+            plan_for,
+            turns,
+            plan_for(turns),
+        )
+
+    async def prepare(self, req: ResponsesRequest) -> Prepared:
+        metadata = validate_metadata(req.metadata)
+        d = await self._draft(req)
+        engine, chat, plan = d.engine, self.settings.chat, d.plan
         if req.truncation == "auto":
-            plan, turns = _truncate(engine, plan_for, turns, req.max_output_tokens)
+            plan, _ = _truncate(engine, d.plan_for, d.turns, req.max_output_tokens)
         budget = check_context(engine, plan, req.max_output_tokens, chat.max_tokens)
         temperature = req.temperature if req.temperature is not None else chat.temperature
         top_p = req.top_p if req.top_p is not None else chat.top_p
@@ -166,42 +194,28 @@ class ResponsesService:
             stop_token_ids=plan.stop_token_ids,
         )
         store = req.store is not False
-        response = _response_object(
-            req, engine, tools, metadata, effort, store, conversation_id, temperature, top_p
+        response = new_response(
+            req, engine, d.tools, metadata, d.effort, store, d.conversation_id, temperature, top_p
         )
         summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
-        builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in tools})
-        known = frozenset(i["id"] for i in context[: len(context) - len(new_items)] if "id" in i)
+        builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in d.tools})
+        history = d.context[: len(d.context) - len(d.new_items)]
+        known = frozenset(i["id"] for i in history if "id" in i)
         return Prepared(
             engine,
             plan,
             params,
             builder,
-            tools,
-            tool_mode,
-            new_items,
+            d.tools,
+            d.tool_mode,
+            d.new_items,
             store,
-            conversation_id,
+            d.conversation_id,
             known,
         )
 
     async def count_input_tokens(self, req: ResponsesRequest) -> int:
-        engine = resolve_engine(self.engines, self.settings, req.model)
-        tools = parse_tools(req.tools)
-        tool_mode = parse_tool_choice(req.tool_choice, tools)
-        _, context, _ = await self._context(req)
-        chat = self.settings.chat
-        effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
-        text = req.text.model_dump(exclude_none=True) if req.text else None
-        prompter = prompter_for(engine, chat.prompt_format, self.settings.server.data_dir)
-        plan = prompter.plan(
-            items_to_turns(context),
-            instructions=req.instructions,
-            tool_mode=tool_mode,
-            effort=effort,
-            text=text,
-        )
-        return len(plan.tokens)
+        return len((await self._draft(req)).plan.tokens)
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -220,13 +234,13 @@ class ResponsesService:
                 if stopped_by is None:
                     return  # the client left: nobody to tell
                 error = {"code": stopped_by, "message": "The server is shutting down; retry."}
-                for event in builder.finish("failed", _usage(stats, counter[0]), error=error):
+                for event in builder.finish("failed", usage_of(stats, counter[0]), error=error):
                     yield event
                 return
         except Exception:
             log.exception("generation failed")
             error = {"code": "server_error", "message": "Generation failed."}
-            for event in builder.finish("failed", _usage(stats, counter[0]), error=error):
+            for event in builder.finish("failed", usage_of(stats, counter[0]), error=error):
                 yield event
             return
         reasoning_tokens = counter[0]
@@ -253,7 +267,7 @@ class ResponsesService:
 
     async def _finish(self, p: Prepared, stats: GenerationStats, reasoning: int) -> list[Event]:
         builder = p.builder
-        usage = _usage(stats, reasoning)
+        usage = usage_of(stats, reasoning)
         problem = self._check_calls(p)
         if problem:
             return builder.finish(
@@ -336,75 +350,3 @@ def _truncate(
 def _without_orphans(turns: list[Turn]) -> list[Turn]:
     calls = {t.call_id for t in turns if t.kind == "tool_call"}
     return [t for t in turns if t.kind != "tool_result" or t.call_id in calls]
-
-
-def _usage(stats: GenerationStats, reasoning: int) -> dict[str, Any]:
-    return {
-        "input_tokens": stats.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": stats.cached_tokens, "cache_write_tokens": 0},
-        "output_tokens": stats.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
-    }
-
-
-def _response_object(
-    req: ResponsesRequest,
-    engine: Any,
-    tools: list[ToolSpec],
-    metadata: dict[str, str],
-    effort: str,
-    store: bool,
-    conversation_id: str | None,
-    temperature: float,
-    top_p: float,
-) -> dict[str, Any]:
-    summary = None
-    if req.reasoning is not None:
-        summary = req.reasoning.summary or req.reasoning.generate_summary
-    text = req.text.model_dump(exclude_none=True) if req.text else {}
-    text.setdefault("format", {"type": "text"})
-    return {
-        "id": new_id("resp"),
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "in_progress",
-        "background": False,
-        "completed_at": None,
-        "conversation": {"id": conversation_id} if conversation_id else None,
-        "error": None,
-        "incomplete_details": None,
-        "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens,
-        "max_tool_calls": req.max_tool_calls,
-        "metadata": metadata,
-        "model": req.model or engine.name,
-        "output": [],
-        "parallel_tool_calls": req.parallel_tool_calls
-        if req.parallel_tool_calls is not None
-        else True,
-        "previous_response_id": req.previous_response_id,
-        "prompt_cache_key": req.prompt_cache_key,
-        "reasoning": {"effort": effort, "summary": summary},
-        "safety_identifier": req.safety_identifier,
-        "service_tier": "default",
-        "store": store,
-        "temperature": temperature,
-        "text": text,
-        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": [
-            {
-                "type": "function",
-                "name": t.name,
-                "description": t.description,
-                "parameters": t.parameters,
-                "strict": t.strict,
-            }
-            for t in tools
-        ],
-        "top_logprobs": req.top_logprobs,
-        "top_p": top_p,
-        "truncation": req.truncation or "disabled",
-        "usage": None,
-        "user": req.user,
-    }
