@@ -50,7 +50,8 @@ TEMPLATES = [
     "Why does {s} matter so much to people who work with it every day?",
     "Summarise {s} in two sentences, mentioning the main risks, the costs involved, the people "
     "responsible and the timeline that was agreed at the last planning meeting.",
-    "{s}: " + "details, caveats and a long explanation that keeps going; " * 8,
+    "When the team reviewed {s} last week, they found three problems that nobody had noticed "
+    "before, and they agreed to fix the worst one first.",
     "def handle_{i}(request):\n    # {s}\n    return process(request, retries=3)",
     "Q{i}: {s} — yes or no",
     "Notes on {s}. " * 3,
@@ -58,7 +59,7 @@ TEMPLATES = [
 
 
 def sentences(salt: str = "") -> list[str]:
-    """64 varied texts (6 to ~110 tokens); ``salt`` gives a fresh, uncached set of that shape."""
+    """64 varied sentences (6 to ~50 tokens); ``salt`` gives a fresh, uncached set of that shape."""
     out = []
     for i, subject in enumerate(SUBJECTS):
         for template in TEMPLATES:
@@ -225,48 +226,61 @@ async def concurrent_pass(http: httpx.AsyncClient, texts: list[str]) -> float:
     return len(texts) / elapsed
 
 
-async def http_measure(url: str, engine: Any) -> dict[str, Any]:
-    """Interleaved per round: engine batch 32, 32 concurrent requests, the same one by one."""
+def serial_pass(
+    sync: httpx.Client, engine: Any, texts: list[str], twins: list[str], out: dict[str, list[float]]
+) -> float:
+    """One text at a time over HTTP, each right after the engine embeds its twin in-process."""
+    for text, twin in zip(texts, twins, strict=True):
+        t0 = time.perf_counter()
+        engine.encode([twin])
+        t1 = time.perf_counter()
+        sync.post("/v1/embeddings", json={"input": text}).raise_for_status()
+        out["engine_single"].append(t1 - t0)
+        out["http_single"].append(time.perf_counter() - t1)
+    return len(texts) / sum(out["http_single"][-len(texts) :])
+
+
+def http_measure(url: str, engine: Any) -> dict[str, Any]:
+    """Interleaved per round: engine batch 32, 32 concurrent requests, the same one by one.
+
+    Concurrent requests come from an async client; one-by-one requests and cache hits from a
+    plain sync client (what a script embedding one text at a time uses; the cheaper client).
+    """
     headers = {"Authorization": f"Bearer {KEY}"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     best = {"engine32": 0.0, "concurrent": 0.0, "serial": 0.0}
-    engine_single: list[float] = []
-    http_single: list[float] = []
-    hits: list[float] = []
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as http:
-        await concurrent_pass(http, ["warm-up"] * 4)
+    samples: dict[str, list[float]] = {"engine_single": [], "http_single": [], "hits": []}
+    with asyncio.Runner() as runner, httpx.Client(base_url=url, headers=headers) as sync:
+        http = httpx.AsyncClient(base_url=url, headers=headers, limits=limits)
+        runner.run(concurrent_pass(http, ["warm-up"] * 4))
         for r in range(ROUNDS * 2):
             for half in (0, 32):
-                engine_texts = sentences(f"[e{r}] ")[half : half + 32]
-                best["engine32"] = max(best["engine32"], one_pass(engine.encode, engine_texts, 32))
+                twins = sentences(f"[e{r}] ")[half : half + 32]
+                best["engine32"] = max(best["engine32"], one_pass(engine.encode, twins, 32))
                 texts = sentences(f"[c{r}] ")[half : half + 32]
-                best["concurrent"] = max(best["concurrent"], await concurrent_pass(http, texts))
-                serial_texts = sentences(f"[s{r}] ")[half : half + 32]
-                for text, twin in zip(serial_texts, engine_texts, strict=True):
-                    t0 = time.perf_counter()
-                    engine.encode([twin])
-                    t1 = time.perf_counter()
-                    (await http.post("/v1/embeddings", json={"input": text})).raise_for_status()
-                    t2 = time.perf_counter()
-                    engine_single.append(t1 - t0)
-                    http_single.append(t2 - t1)
-                serial = 32 / sum(http_single[-32:])
-                best["serial"] = max(best["serial"], serial)
+                best["concurrent"] = max(
+                    best["concurrent"], runner.run(concurrent_pass(http, texts))
+                )
+                texts = sentences(f"[s{r}] ")[half : half + 32]
+                best["serial"] = max(
+                    best["serial"], serial_pass(sync, engine, texts, twins, samples)
+                )
+        runner.run(http.aclose())
         hit = {"input": "a text that is already in the cache"}
-        (await http.post("/v1/embeddings", json=hit)).raise_for_status()
+        sync.post("/v1/embeddings", json=hit).raise_for_status()
         for _ in range(300):
             t0 = time.perf_counter()
-            (await http.post("/v1/embeddings", json=hit)).raise_for_status()
-            hits.append(time.perf_counter() - t0)
+            sync.post("/v1/embeddings", json=hit).raise_for_status()
+            samples["hits"].append(time.perf_counter() - t0)
     log("texts/s: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()))
-    return {**best, "engine_single": engine_single, "http_single": http_single, "hits": hits}
+    return {**best, **samples}
 
 
 def http_rows(model: Path, engine: Any, data_dir: Path) -> list[dict[str, Any]]:
     server = Server(model, data_dir)
     log(f"server on {server.url}")
     try:
-        m = asyncio.run(http_measure(server.url, engine))
+        m = http_measure(server.url, engine)
     finally:
         server.stop()
     single = p50_ms(m["engine_single"])
