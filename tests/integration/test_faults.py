@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -206,4 +207,7 @@ async def test_full_disk_cache_is_served_uncached() -> None:
         errors = cache.errors
         assert errors >= 1
         metrics = (await http.get("/metrics")).text
-        assert f'egemma_cache_errors_total{{cache="embeddings"}} {float(errors)}' in metrics
+        # Deferred writes may still fail after the count above: the scrape sees at least it.
+        match = re.search(r'egemma_cache_errors_total\{cache="embeddings"\} (\S+)', metrics)
+        assert match is not None
+        assert float(match.group(1)) >= errors
