@@ -96,12 +96,16 @@ def _pooling(src: Path) -> str:
             for key, value in cfg.items():
                 if key.startswith("pooling_mode_") and value is True:
                     return key.removeprefix("pooling_mode_").removesuffix("_tokens")
-    return "unknown"
+    return "mean"  # sentence-transformers' default for a plain Hugging Face model
 
 
 def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    """``modules.json``; a plain Hugging Face folder has none (sentence-transformers then adds
+    mean pooling, as the export does)."""
     if not path.is_file():
-        raise ExportError(f"{path.parent} is not a sentence-transformers folder (no modules.json)")
+        if not (path.parent / "config.json").is_file():
+            raise ExportError(f"{path.parent} is neither a sentence-transformers nor a HF folder")
+        return []
     data: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
     return data
 

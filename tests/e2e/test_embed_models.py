@@ -307,3 +307,14 @@ async def test_broken_model_folder_is_a_capability_error(tmp_path: Path) -> None
     assert "egemma export-embeddings" in health["reason"]
     assert r.status_code == 503
     assert ready.status_code == 503
+
+
+def test_plain_hugging_face_folder_exports_with_mean_pooling(
+    tiny_gemma_onnx: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from egemma.export import ExportOptions, export_embeddings
+
+    hf = tmp_path_factory.getbasetemp() / "embedding-models" / "tiny-gemma-hf"
+    facts = export_embeddings(hf, tmp_path / "hf-onnx", ExportOptions(name="plain"))
+    assert facts["pooling"] == "mean"
+    assert facts["check"]["min_cosine_fp32"] >= 0.9999
