@@ -82,7 +82,7 @@ format: $(TEST_INSTALLED) ## ruff format + fix
 typecheck: $(TEST_INSTALLED) ## mypy on src/
 	$(BIN)/mypy src
 
-test: $(TEST_INSTALLED) lint ## the whole suite (unit, integration, e2e with the shipped models)
+test: $(TEST_INSTALLED) lint typecheck ## the whole suite (unit, integration, e2e with the shipped models)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) $(if $(TEST),$(TEST),tests)
 
 openapi: install ## write openapi.json

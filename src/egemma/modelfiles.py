@@ -82,7 +82,7 @@ def assemble_gemma(data_dir: Path) -> Path:
     with tmp.open("wb") as out:
         for chunk in chunks:
             with chunk.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                while block := fh.read(1 << 20):
                     h.update(block)
                     out.write(block)
     if h.hexdigest() != GEMMA_SHA256:

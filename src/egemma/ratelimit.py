@@ -45,7 +45,10 @@ class RateLimiter:
         self._items = {
             name: RateLimitItemPerSecond(b.calls, b.seconds) for name, b in self.buckets.items()
         }
-        self.storage: Storage = storage_from_string(settings.rate_limit_storage_uri)
+        storage = storage_from_string(settings.rate_limit_storage_uri)
+        if not isinstance(storage, Storage):
+            raise ValueError("RATE_LIMIT_STORAGE_URI must name an async storage (async+…://)")
+        self.storage: Storage = storage
         self._limiter = MovingWindowRateLimiter(self.storage)
 
     async def hit(self, bucket: str, principal: str) -> None:

@@ -255,6 +255,13 @@ class LimitSettings(BaseSettings):
         "async+memory://", description="`limits` storage URI, e.g. async+redis://host:6379."
     )
 
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _async_storage(cls, value: str) -> str:
+        if not value.startswith("async+"):
+            raise ValueError("use an async storage URI such as async+memory:// or async+redis://")
+        return value
+
 
 class AstSettings(BaseSettings):
     """``/parse-ast``: parsing runs in worker processes under these bounds (reliability.md §6)."""
@@ -360,7 +367,7 @@ def env_name(cls: type[BaseSettings], field_name: str) -> str:
 
 def _build(cls: type[BaseSettings], env_file: str | Path | None) -> BaseSettings:
     try:
-        return cls(_env_file=env_file)  # type: ignore[call-arg]
+        return cls(_env_file=env_file)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = str(err["loc"][0]) if err["loc"] else ""

@@ -32,6 +32,7 @@ def test_defaults_use_original_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ("EMBED_RATE_LIMIT_SECONDS", "0"),
         ("CHAT_EXTRA_MODELS", "no-equals-sign"),
         ("FORCE_CPU", "maybe"),
+        ("RATE_LIMIT_STORAGE_URI", "memory://"),
     ],
 )
 def test_invalid_value_names_the_variable(

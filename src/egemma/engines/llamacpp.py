@@ -143,8 +143,7 @@ class LlamaChatEngine:
         return min(n, max(len(prompt) - 1, 0))
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
-        from llama_cpp import LlamaGrammar
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
         key = json.dumps(schema)
         grammar = self._grammar_cache.get(key)

@@ -182,7 +182,8 @@ def parse_tools(tools: list[Any] | None, *, param: str = "tools") -> list[ToolSp
                 param=f"{where}.type",
                 code="unsupported_tool_type",
             )
-        fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        nested = tool.get("function")
+        fn: dict[str, Any] = nested if isinstance(nested, dict) else tool
         name = fn.get("name")
         if not isinstance(name, str) or not _valid_name(name):
             raise InvalidRequestError(
@@ -235,7 +236,8 @@ def parse_tool_choice(
     if isinstance(choice, dict):
         kind = choice.get("type")
         if kind == "function":
-            fn = choice.get("function") if isinstance(choice.get("function"), dict) else choice
+            nested = choice.get("function")
+            fn: dict[str, Any] = nested if isinstance(nested, dict) else choice
             name = fn.get("name")
             if name not in by_name:
                 raise InvalidRequestError(

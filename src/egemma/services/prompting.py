@@ -191,7 +191,8 @@ class HarmonyPrompter:
         encoding = self.encoding
 
         def parser() -> OutputParser:
-            return self._h.HarmonyOutputParser(encoding)
+            made: OutputParser = self._h.HarmonyOutputParser(encoding)
+            return made
 
         return PromptPlan(
             tokens + prefill, self.stop_ids, parser, schema, prefill=prefill, family="harmony"

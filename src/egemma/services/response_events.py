@@ -42,7 +42,8 @@ class ResponseBuilder:
         ]
 
     def snapshot(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.response))  # a detached copy for the event
+        copy: dict[str, Any] = json.loads(json.dumps(self.response))  # detached, for the event
+        return copy
 
     def feed(self, delta: OutputDelta) -> list[Event]:
         events: list[Event] = []
