@@ -99,11 +99,11 @@ def summary_rows(data_dir: Path, env: dict[str, str]) -> list[dict[str, Any]]:
 def installed_embedding_model() -> Path | None:
     """The ONNX export ``make install`` made (``egemma prepare-models``), if it is current."""
     from egemma.export import export_is_current
-    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir, models_dir
+    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir
     from egemma.settings import Settings
 
     src = minilm_source_dir()
-    installed = models_dir(Settings().server.data_dir) / MINILM_ONNX_DIR
+    installed = Settings().server.models_root / MINILM_ONNX_DIR
     return installed if src is not None and export_is_current(src, installed) else None
 
 

@@ -43,10 +43,10 @@ def native(engine: LlamaChatEngine, tokens: list[int]) -> tuple[float, float, in
 def main() -> int:
     settings = Settings(env_file=None)
     settings.chat.n_ctx = 2048
-    path = resolve(f"builtin:{MODEL}", "CHAT_MODEL_PATH", settings.server.data_dir).path
+    path = resolve(f"builtin:{MODEL}", "CHAT_MODEL_PATH", settings.server.models_root).path
     log("loading the native baseline model")
     engine = LlamaChatEngine.load(MODEL, path, settings.chat)
-    prompter = prompter_for(engine, "auto", settings.server.data_dir)
+    prompter = prompter_for(engine, "auto", settings.server.models_root)
     server = Server(CHAT_N_CTX="2048", CHAT_EXTRA_MODELS="")
     try:
         native_ttft, native_rate, server_ttft, server_rate = [], [], [], []

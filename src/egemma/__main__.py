@@ -97,7 +97,7 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
     from egemma.modelfiles import ModelFileError, resolve
 
     entries: list[dict[str, Any]] = []
-    data_dir = settings.server.data_dir
+    root = settings.server.models_root
     wanted: list[tuple[str, str, str, bool]] = [
         ("chat", spec, setting, False) for _, spec, setting in settings.chat.models()
     ]
@@ -107,7 +107,7 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
     for capability, spec, setting, want_dir in wanted:
         entry: dict[str, Any] = {"capability": capability, "setting": setting, "spec": spec}
         try:
-            model = resolve(spec, setting, data_dir, want_dir=want_dir)
+            model = resolve(spec, setting, root, want_dir=want_dir)
             entry.update(path=str(model.path), origin=model.origin, status="ok")
         except ModelFileError as exc:
             entry.update(status="error", reason=str(exc))
@@ -121,7 +121,7 @@ def cmd_prepare_models(settings: Settings, _: argparse.Namespace) -> int:
     from egemma.modelfiles import prepare_builtin
 
     _setup_logging("info")
-    for path in prepare_builtin(settings.server.data_dir):
+    for path in prepare_builtin(settings.server.models_root):
         print(f"prepared {path}")
     for hook in PREPARE_HOOKS:
         hook(settings)
@@ -160,7 +160,7 @@ def _prepare_embeddings(settings: Settings) -> None:
     from egemma.export import ExportError, prepare_default
 
     try:
-        path = prepare_default(settings.server.data_dir)
+        path = prepare_default(settings.server.models_root)
     except ExportError as exc:
         raise SystemExit(f"egemma: embedding export failed: {exc}") from None
     if path is not None:
@@ -175,7 +175,7 @@ def _prepare_harmony_vocab(settings: Settings) -> None:
     from egemma.engines.harmony_vocab import VOCAB_FILENAME, HarmonyVocabError, ensure_harmony_vocab
 
     try:
-        vocab_dir = ensure_harmony_vocab(settings.server.data_dir)
+        vocab_dir = ensure_harmony_vocab(settings.server.models_root)
     except HarmonyVocabError as exc:
         raise SystemExit(f"egemma: harmony vocabulary: {exc}") from None
     print(f"prepared {vocab_dir / VOCAB_FILENAME}")

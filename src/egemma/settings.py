@@ -63,10 +63,21 @@ class ServerSettings(BaseSettings):
     )
     metrics_require_key: bool = Field(False, description="Require the API key for /metrics.")
 
-    @field_validator("data_dir")
+    models_dir: Path | None = Field(
+        None,
+        description="Folder for built-in model files (assembled GGUF, exported ONNX, Harmony "
+        "vocabulary); default DATA_DIR/models. Images keep it outside the /data volume.",
+    )
+
+    @field_validator("data_dir", "models_dir")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @property
+    def models_root(self) -> Path:
+        """Where ``builtin:`` models are prepared and looked up."""
+        return self.models_dir or self.data_dir / "models"
 
 
 class ChatSettings(BaseSettings):

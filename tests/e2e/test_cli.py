@@ -56,3 +56,22 @@ def test_user_file_that_is_missing_names_the_setting(tmp_path: Path) -> None:
     chat = json.loads(proc.stdout)[0]
     assert chat["status"] == "error"
     assert chat["reason"].startswith("CHAT_MODEL_PATH: /nowhere/gpt-oss-20b.gguf")
+
+
+def test_models_dir_keeps_builtins_outside_the_data_dir(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "egemma", "--env-file", "/nonexistent", "models"],
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(tmp_path / "image-models"),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    entries = {e["spec"]: e for e in json.loads(proc.stdout)}
+    gemma = Path(entries["builtin:gemma-3-270m"]["path"])
+    assert gemma.parent == tmp_path / "image-models"
+    assert not (tmp_path / "data" / "models").exists()

@@ -285,11 +285,11 @@ def test_base64_is_little_endian_float32(minilm_onnx: Path) -> None:
 
 def test_prepare_models_skips_a_current_export(minilm_onnx: Path, tmp_path: Path) -> None:
     from egemma.export import export_is_current, prepare_default
-    from egemma.modelfiles import MINILM_ONNX_DIR, models_dir
+    from egemma.modelfiles import MINILM_ONNX_DIR
 
     assert export_is_current(minilm_source(), minilm_onnx)
-    target = models_dir(tmp_path) / MINILM_ONNX_DIR
-    target.parent.mkdir(parents=True)
+    target = tmp_path / MINILM_ONNX_DIR
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(minilm_onnx, target_is_directory=True)
     assert prepare_default(tmp_path) == target  # current: no second export
 

@@ -155,7 +155,7 @@ class ResponsesService:
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
         check_text_format(text)
-        prompter = prompter_for(engine, chat.prompt_format, self.settings.server.data_dir)
+        prompter = prompter_for(engine, chat.prompt_format, self.settings.server.models_root)
 
         def plan_for(turns: list[Turn]) -> PromptPlan:
             return prompter.plan(

@@ -277,7 +277,7 @@ class _LocalRunner:
         self.job = job
         self.is_disconnected = is_disconnected
         self.family = service.settings.chat.prompt_format
-        self.data_dir = service.settings.server.data_dir
+        self.data_dir = service.settings.server.models_root
 
     async def count(self, user: str) -> int:
         turns = [Turn("system", self.job.system), Turn("user", user)]
