@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +11,9 @@ from fastapi.responses import JSONResponse, Response
 from egemma.api.responses import (
     TERMINAL,
     acquire_slot,
+    final_response,
     responses_service,
     start_generation,
-    watch_disconnect,
 )
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ChatCompletionRequest
@@ -73,15 +72,7 @@ async def create_chat_completion(
         return EventStreamResponse(
             events, on_close=release, body=_chunks(events, mapper, include_usage)
         )
-    watcher = asyncio.create_task(watch_disconnect(request, cancel))
-    final: dict[str, Any] | None = None
-    try:
-        async for event in events:
-            if event["type"] in TERMINAL:
-                final = event["response"]
-    finally:
-        release()
-        watcher.cancel()
+    final = await final_response(request, events, cancel, release)
     if final is None:
         return Response(status_code=499)
     return JSONResponse(chat.completion(final, model))

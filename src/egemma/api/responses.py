@@ -100,6 +100,26 @@ def start_generation(
     return events, cancel, release
 
 
+async def final_response(
+    request: Request,
+    events: AsyncIterator[dict[str, Any]],
+    cancel: Cancel,
+    release: Callable[[], None],
+) -> dict[str, Any] | None:
+    """Run a non-streamed generation to its end: the final response, or None when the client
+    left (generation stopped at once, the slot freed)."""
+    watcher = asyncio.create_task(watch_disconnect(request, cancel))
+    final: dict[str, Any] | None = None
+    try:
+        async for event in events:
+            if event["type"] in TERMINAL:
+                final = event["response"]
+    finally:
+        release()
+        watcher.cancel()
+    return final
+
+
 @router.post("/v1/responses", dependencies=[Depends(rate_limit("chat"))])
 async def create_response(
     body: ResponsesRequest,
@@ -113,15 +133,7 @@ async def create_response(
     events, cancel, release = start_generation(request, service, prepared)
     if body.stream:
         return EventStreamResponse(events, on_close=release)
-    watcher = asyncio.create_task(watch_disconnect(request, cancel))
-    final: dict[str, Any] | None = None
-    try:
-        async for event in events:
-            if event["type"] in TERMINAL:
-                final = event["response"]
-    finally:
-        release()
-        watcher.cancel()
+    final = await final_response(request, events, cancel, release)
     if final is None:
         return Response(status_code=499)  # the client left; nobody reads this
     return JSONResponse(final)
