@@ -13,16 +13,15 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from openai.types import CreateEmbeddingResponse
 
-from egemma.errors import InvalidRequestError, PayloadTooLargeError, UnavailableError
+from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
 from egemma.ratelimit import rate_limit
 from egemma.runtime import Engines
 from egemma.services.embeddings import EmbeddingService, truncate
+from egemma.services.uploads import decode_upload
 from egemma.settings import Settings
 
 router = APIRouter(tags=["embeddings"])
-
-_ALLOWED_CONTROL = {0x09, 0x0A, 0x0C, 0x0D, 0x08, 0x1B}
 
 
 async def embedding_service(request: Request) -> EmbeddingService:
@@ -60,31 +59,6 @@ def float_array(vector: np.ndarray) -> str:
     return "[" + ",".join(["%.9g" % x for x in values]) + "]"  # noqa: UP031
 
 
-def _looks_binary(data: bytes, threshold: float) -> bool:
-    if b"\x00" in data:
-        return True
-    sample = data[:8192]
-    control = sum(1 for b in sample if (b < 32 and b not in _ALLOWED_CONTROL) or b == 127)
-    return bool(sample) and control / len(sample) > threshold
-
-
-def read_text_upload(data: bytes, settings: Settings) -> str:
-    """UTF-8 text of an upload, or 400 for binary, non-UTF-8 or empty content."""
-    if _looks_binary(data, settings.server.binary_detection_threshold):
-        raise InvalidRequestError(
-            "The file looks binary; upload UTF-8 text.", param="file", code="binary_file"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidRequestError(
-            "The file is not valid UTF-8 text.", param="file", code="invalid_encoding"
-        ) from None
-    if not text.strip():
-        raise InvalidRequestError("The file is empty.", param="file", code="empty_input")
-    return text
-
-
 @router.post(
     "/embed",
     summary="Embed an uploaded text file (original eGemma shape)",
@@ -106,10 +80,11 @@ async def embed(
 ) -> Response:
     settings: Settings = request.app.state.settings
     limit = settings.server.max_file_size_bytes
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"The file is larger than {limit} bytes.", param="file")
-    text = read_text_upload(data, settings)
+    text = decode_upload(
+        await file.read(limit + 1),
+        max_bytes=limit,
+        binary_threshold=settings.server.binary_detection_threshold,
+    )
     sizes = list(dict.fromkeys(dimensions or [service.default_dimensions]))
     for size in sizes:
         service.check_dimensions(size)

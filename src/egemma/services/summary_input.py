@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from egemma.errors import InvalidRequestError, PayloadTooLargeError
+from egemma.services.uploads import decode_upload, looks_binary
+
+__all__ = ["decode_upload", "looks_binary"]  # kept here for callers of the summary input API
 
 EXTENSION_TO_LANGUAGE = {
     "py": "Python",
@@ -39,8 +41,6 @@ LOG_LANGUAGE = "Log File"
 MIN_REPEATS = 5  # the original collapsed a line pattern seen at least this often
 
 # Control bytes that text files legitimately contain: tab, LF, FF, CR, backspace, escape.
-_TEXT_CONTROL = frozenset({0x08, 0x09, 0x0A, 0x0C, 0x0D, 0x1B})
-_BINARY_SAMPLE = 8192
 
 # Leading timestamps, most specific first: [bracketed], ISO 8601, syslog, time of day.
 _TIMESTAMP_RES = (
@@ -59,36 +59,6 @@ def language_for(filename: str | None) -> str:
     name = PurePosixPath((filename or "").replace("\\", "/")).name
     _, dot, ext = name.rpartition(".")
     return EXTENSION_TO_LANGUAGE.get(ext.lower(), DEFAULT_LANGUAGE) if dot else DEFAULT_LANGUAGE
-
-
-def looks_binary(data: bytes, threshold: float) -> bool:
-    """NUL anywhere, or more than ``threshold`` of the first 8 KiB are control bytes."""
-    if b"\x00" in data:
-        return True
-    sample = data[:_BINARY_SAMPLE]
-    if not sample:
-        return False
-    control = sum(1 for b in sample if (b < 32 and b not in _TEXT_CONTROL) or b == 127)
-    return control / len(sample) > threshold
-
-
-def decode_upload(data: bytes, *, max_bytes: int, binary_threshold: float) -> str:
-    """The upload as text, or the 4xx that says why not (``data`` may hold one extra byte)."""
-    if len(data) > max_bytes:
-        raise PayloadTooLargeError(f"The file is larger than {max_bytes} bytes.", param="file")
-    if looks_binary(data, binary_threshold):
-        raise InvalidRequestError(
-            "The file looks binary; upload UTF-8 text.", param="file", code="binary_file"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidRequestError(
-            "The file is not valid UTF-8 text.", param="file", code="invalid_encoding"
-        ) from None
-    if not text.strip():
-        raise InvalidRequestError("The file is empty.", param="file", code="empty_input")
-    return text
 
 
 # ------------------------------------------------------------------------------------------
