@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class LlamaChatEngine:
         self.eos_token = self._token_text(llm.token_eos())
         self.add_bos = self.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
         self.queue = ModelQueue(settings.queue_size, settings.queue_timeout)
+        # Every generation of this model runs on this one thread, so llama.cpp's OpenMP team
+        # stays bound to one master thread instead of following whichever pool thread is free.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
         self._lock = threading.Lock()
         self._grammar_cache: dict[str, Any] = {}
 
@@ -209,6 +213,7 @@ class LlamaChatEngine:
                 yield GeneratedToken(-1, tail)
 
     def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
         llm, self.llm = self.llm, None
         if llm is not None:
             close = getattr(llm, "close", None)

@@ -76,7 +76,7 @@ async def stream_tokens(
         finally:
             put(_DONE)
 
-    future = loop.run_in_executor(None, worker)
+    future = loop.run_in_executor(getattr(engine, "executor", None), worker)
     try:
         while True:
             item = await queue.get()
