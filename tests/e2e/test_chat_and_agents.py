@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -116,11 +118,13 @@ def get_weather(city: str) -> str:
     return f"Sunny in {city}"
 
 
-@pytest.mark.anyio
-async def test_agents_sdk_runs_a_required_function_tool(chat_server: LiveServer) -> None:
+@pytest.fixture
+async def weather_agent(chat_server: LiveServer) -> AsyncIterator[Agent[Any]]:
+    """An agent on the local model that must call ``get_weather`` and stops on its result."""
     set_tracing_disabled(True)
     client = AsyncOpenAI(base_url=f"{chat_server.base_url}/v1", api_key=KEY, max_retries=0)
-    agent = Agent(
+    calls.clear()
+    yield Agent(
         name="weather",
         instructions="Use the tool to answer.",
         model=OpenAIResponsesModel(model=SMOL, openai_client=client),
@@ -128,29 +132,22 @@ async def test_agents_sdk_runs_a_required_function_tool(chat_server: LiveServer)
         model_settings=ModelSettings(tool_choice="required", max_tokens=80),
         tool_use_behavior="stop_on_first_tool",
     )
-    calls.clear()
+    await client.close()  # inside the test's event loop, not at garbage collection
+
+
+@pytest.mark.anyio
+async def test_agents_sdk_runs_a_required_function_tool(weather_agent: Agent[Any]) -> None:
     result = await Runner.run(
-        agent, "What is the weather in Paris?", run_config=RunConfig(tracing_disabled=True)
+        weather_agent, "What is the weather in Paris?", run_config=RunConfig(tracing_disabled=True)
     )
     assert len(calls) == 1
     assert result.final_output == f"Sunny in {calls[0]}"
 
 
 @pytest.mark.anyio
-async def test_agents_sdk_streamed_run(chat_server: LiveServer) -> None:
-    set_tracing_disabled(True)
-    client = AsyncOpenAI(base_url=f"{chat_server.base_url}/v1", api_key=KEY, max_retries=0)
-    agent = Agent(
-        name="weather",
-        instructions="Use the tool to answer.",
-        model=OpenAIResponsesModel(model=SMOL, openai_client=client),
-        tools=[get_weather],
-        model_settings=ModelSettings(tool_choice="required", max_tokens=80),
-        tool_use_behavior="stop_on_first_tool",
-    )
-    calls.clear()
+async def test_agents_sdk_streamed_run(weather_agent: Agent[Any]) -> None:
     result = Runner.run_streamed(
-        agent, "Weather in Quito?", run_config=RunConfig(tracing_disabled=True)
+        weather_agent, "Weather in Quito?", run_config=RunConfig(tracing_disabled=True)
     )
     kinds = [event.type async for event in result.stream_events()]
     assert "raw_response_event" in kinds
