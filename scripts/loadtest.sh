@@ -19,11 +19,8 @@ mkdir -p results
 log="results/loadtest-$stamp-server.log"
 key="load-$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
 
-# Reuse the models `make install` prepared (assembled GGUF, exported ONNX) instead of rebuilding them.
-prepared=$("$EGEMMA" config | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["server"]["data_dir"])')
-for sub in models harmony; do
-  if [[ -d "$prepared/$sub" ]]; then ln -s "$prepared/$sub" "$data_dir/$sub"; fi
-done
+# Reuse the models `make install` prepared (assembled GGUF, exported ONNX, Harmony vocabulary).
+models_root=$("$EGEMMA" config | "$PYTHON" -c 'import json, sys; s = json.load(sys.stdin)["server"]; print(s["models_dir"] or s["data_dir"] + "/models")')
 
 server_pid=""
 cleanup() {
@@ -37,7 +34,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> starting egemma on 127.0.0.1:$port (DATA_DIR=$data_dir, log $log)"
-DATA_DIR="$data_dir" WORKBENCH_API_KEY="$key" \
+DATA_DIR="$data_dir" MODELS_DIR="$models_root" WORKBENCH_API_KEY="$key" \
   EMBED_RATE_LIMIT_CALLS=1000000 SUMMARIZE_RATE_LIMIT_CALLS=1000000 \
   CHAT_RATE_LIMIT_CALLS=1000000 CONVERSATION_RATE_LIMIT_CALLS=1000000 \
   "$EGEMMA" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
