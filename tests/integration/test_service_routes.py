@@ -83,3 +83,11 @@ def test_key_generated_once_owner_only(tmp_path: Path, capsys: pytest.CaptureFix
     create_app(settings, engines=Engines())
     assert key not in capsys.readouterr().err  # printed once only
     assert key_file.read_text().strip() == key
+
+
+@pytest.mark.anyio
+async def test_head_probes_on_health_and_ready(client: httpx.AsyncClient) -> None:
+    health = await client.head("/health")
+    assert health.status_code == 200
+    assert health.content == b""
+    assert (await client.head("/ready")).status_code in (200, 503)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from egemma import __version__
 from egemma.runtime import CAPABILITIES, Engines
@@ -59,6 +59,17 @@ async def ready(request: Request) -> JSONResponse:
     if waiting or not request.app.state.started:
         return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
     return JSONResponse({"ready": True})
+
+
+# HEAD probes (load balancers, uptime checkers): the same status, no body, not in the schema.
+@router.head("/health", include_in_schema=False)
+async def health_head() -> Response:
+    return Response(status_code=200)
+
+
+@router.head("/ready", include_in_schema=False)
+async def ready_head(request: Request) -> Response:
+    return Response(status_code=(await ready(request)).status_code)
 
 
 @router.get("/rate-limits", summary="Configured rate limits per bucket")
