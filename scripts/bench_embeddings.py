@@ -18,9 +18,7 @@ import asyncio
 import http.client
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +29,10 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import KEY, Server, log  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "bench-key-0123456789"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 SUBJECTS = [
@@ -66,17 +66,6 @@ def sentences(salt: str = "") -> list[str]:
         for template in TEMPLATES:
             out.append(salt + template.format(s=subject, i=i))
     return out
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def model_folder(tmp: Path) -> tuple[Path, Path]:
@@ -163,58 +152,6 @@ def engine_rows(engine: Any, src: Path) -> list[dict[str, Any]]:
             "texts/s",
         ),
     ]
-
-
-class Server:
-    def __init__(self, model: Path, data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "WORKBENCH_API_KEY": KEY,
-            "DATA_DIR": str(data_dir),
-            "EMBEDDING_MODEL_PATH": str(model),
-            "CHAT_MODEL_ENABLED": "false",
-            "SUMMARY_LOCAL_ENABLED": "false",
-            "GEMINI_API_KEY": "",
-            "EMBED_RATE_LIMIT_CALLS": "1000000",
-            "LOG_LEVEL": "warning",
-        }
-        env.pop("GEMINI_API_KEY")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "egemma",
-                "--env-file",
-                os.devnull,
-                "serve",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            cwd=tempfile.gettempdir(),
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit("the server exited during start-up")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit("the server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class RawConnection:
@@ -361,7 +298,13 @@ def http_measure(url: str, engine: Any) -> dict[str, Any]:
 
 
 def http_rows(model: Path, engine: Any, data_dir: Path) -> list[dict[str, Any]]:
-    server = Server(model, data_dir)
+    server = Server(
+        DATA_DIR=str(data_dir),
+        EMBEDDING_ENABLED="true",
+        EMBEDDING_MODEL_PATH=str(model),
+        CHAT_MODEL_ENABLED="false",
+        EMBED_RATE_LIMIT_CALLS="1000000",
+    )
     log(f"server on {server.url}")
     try:
         m = http_measure(server.url, engine)
