@@ -128,3 +128,25 @@ def test_json_call_parser_streams_arguments(seed: int) -> None:
     streamed = "".join(d.text for d in deltas[1:])
     assert json.loads(streamed) == json.loads(args)
     assert streamed == args
+
+
+def test_grammar_schema_bounds_strings_and_arrays_only_where_unset() -> None:
+    from egemma.services.prompting import MAX_ITEMS, MAX_STRING, bound_schema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "code": {"type": "string", "maxLength": 3},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "kind": {"type": "string", "enum": ["a", "b"]},
+        },
+    }
+    bounded = bound_schema(schema)
+    props = bounded["properties"]
+    assert props["name"]["maxLength"] == MAX_STRING
+    assert props["code"]["maxLength"] == 3
+    assert props["tags"]["maxItems"] == MAX_ITEMS
+    assert props["tags"]["items"]["maxLength"] == MAX_STRING
+    assert "maxLength" not in props["kind"]
+    assert "maxLength" not in schema["properties"]["name"]  # the caller's schema is untouched

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Bounds keep grammar-constrained strings and numbers from running on to the token cap (a measured
 # failure mode of small models: models-on-this-machine.md §4).
 MAX_STRING = 512
+MAX_ITEMS = 64
 
 
 @dataclass
@@ -37,7 +38,9 @@ class PromptPlan:
 
 
 def bound_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """Copy of ``schema`` with string lengths bounded (only where the user set none)."""
+    """Copy of ``schema`` with string lengths and array sizes bounded where the user set none
+    (the grammar only: calls are still validated against the tool's own schema). Numbers are
+    already bounded to 16 digits by llama.cpp's converter."""
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
@@ -54,6 +57,8 @@ def bound_schema(schema: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
         out["maxLength"] = MAX_STRING
+    if out.get("type") == "array" and "maxItems" not in out:
+        out["maxItems"] = MAX_ITEMS
     return out
 
 
