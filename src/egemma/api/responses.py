@@ -11,16 +11,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from egemma.api.sse import EventStreamResponse
-from egemma.engines.queue import (
-    ClientGoneError,
-    QueueClosedError,
-    QueueFullError,
-    QueueTimeoutError,
-)
 from egemma.errors import UnavailableError
 from egemma.lifecycle import Cancel, Generations
 from egemma.protocol.responses import ResponsesRequest
 from egemma.ratelimit import rate_limit
+from egemma.services.generation import ClientLeftError, admit
 from egemma.services.responses import Prepared, ResponsesService
 
 router = APIRouter(tags=["responses"])
@@ -42,20 +37,8 @@ async def acquire_slot(engine: Any, request: Request) -> bool:
     if request.app.state.draining:
         raise UnavailableError("The server is shutting down.", retry_after=5, code="draining")
     try:
-        await engine.queue.acquire(request.is_disconnected)
-    except QueueClosedError:
-        raise UnavailableError(
-            "The server is shutting down.", retry_after=5, code="draining"
-        ) from None
-    except QueueFullError:
-        raise UnavailableError(
-            f"Model '{engine.name}' is busy: its queue is full. Retry shortly.", retry_after=2
-        ) from None
-    except QueueTimeoutError:
-        raise UnavailableError(
-            f"Model '{engine.name}' is busy: waited too long in its queue.", retry_after=5
-        ) from None
-    except ClientGoneError:
+        await admit(engine, request.is_disconnected)
+    except ClientLeftError:
         request.app.state.metrics.client_left("queued")
         return False
     return True

@@ -82,24 +82,11 @@ class LlamaChatEngine:
         from llama_cpp import Llama
 
         threads = settings.n_threads or (os.cpu_count() or 1)
-        llm = Llama(
-            model_path=str(path),
-            n_ctx=settings.n_ctx,
-            n_gpu_layers=settings.n_gpu_layers,
-            n_batch=settings.n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            use_mmap=settings.use_mmap,
-            flash_attn=settings.flash_attn,
-            verbose=False,
-        )
-        train_ctx = llm._model.n_ctx_train()
-        if settings.n_ctx > train_ctx:
-            # More context than the model was trained for only wastes memory and degrades output.
-            del llm
-            llm = Llama(
+
+        def open_model(n_ctx: int) -> Any:
+            return Llama(
                 model_path=str(path),
-                n_ctx=train_ctx,
+                n_ctx=n_ctx,
                 n_gpu_layers=settings.n_gpu_layers,
                 n_batch=settings.n_batch,
                 n_threads=threads,
@@ -108,6 +95,13 @@ class LlamaChatEngine:
                 flash_attn=settings.flash_attn,
                 verbose=False,
             )
+
+        llm = open_model(settings.n_ctx)
+        train_ctx = llm._model.n_ctx_train()
+        if settings.n_ctx > train_ctx:
+            # More context than the model was trained for only wastes memory and degrades output.
+            del llm
+            llm = open_model(train_ctx)
         return cls(name, path, llm, settings)
 
     # -- tokenizer ----------------------------------------------------------------------------

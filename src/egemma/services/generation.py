@@ -15,7 +15,12 @@ from typing import Any
 
 from egemma.engines.base import GeneratedToken, SamplingParams, Turn
 from egemma.engines.llamacpp import GenerationStats
-from egemma.engines.queue import ClientGoneError, QueueFullError, QueueTimeoutError
+from egemma.engines.queue import (
+    ClientGoneError,
+    QueueClosedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
 from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.services.context import ToolMode
 from egemma.services.prompting import PromptPlan, prompter_for
@@ -29,11 +34,15 @@ class ClientLeftError(Exception):
     """The client went away while waiting; nothing is sent."""
 
 
-@asynccontextmanager
-async def model_slot(engine: Any, is_disconnected: Disconnected | None) -> AsyncIterator[None]:
-    """Hold the engine's slot for the block; full queue → 503, client gone → ClientLeftError."""
+async def admit(engine: Any, is_disconnected: Disconnected | None) -> None:
+    """Wait in the engine's FIFO: draining, full queue or too long a wait → 503 with
+    ``Retry-After``; a client gone while waiting → ``ClientLeftError``."""
     try:
         await engine.queue.acquire(is_disconnected)
+    except QueueClosedError:
+        raise UnavailableError(
+            "The server is shutting down.", retry_after=5, code="draining"
+        ) from None
     except QueueFullError:
         raise UnavailableError(
             f"Model '{engine.name}' is busy: its queue is full. Retry shortly.", retry_after=2
@@ -44,6 +53,12 @@ async def model_slot(engine: Any, is_disconnected: Disconnected | None) -> Async
         ) from None
     except ClientGoneError:
         raise ClientLeftError from None
+
+
+@asynccontextmanager
+async def model_slot(engine: Any, is_disconnected: Disconnected | None) -> AsyncIterator[None]:
+    """Hold the engine's slot for the block (see ``admit``)."""
+    await admit(engine, is_disconnected)
     try:
         yield
     finally:
