@@ -15,11 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import Server, decode_rate, log, median, row, stream_timings  # noqa: E402
 
-from egemma.engines.base import Turn  # noqa: E402
 from egemma.engines.llamacpp import LlamaChatEngine  # noqa: E402
 from egemma.modelfiles import resolve  # noqa: E402
-from egemma.services.context import ToolMode  # noqa: E402
-from egemma.services.prompting import prompter_for  # noqa: E402
+from egemma.services.prompting.formats import PromptFormats  # noqa: E402
+from egemma.services.prompting.types import (
+    NO_TOOLS,  # noqa: E402
+    Turn,  # noqa: E402
+)
 from egemma.settings import Settings  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
@@ -46,7 +48,7 @@ def main() -> int:
     path = resolve(f"builtin:{MODEL}", "CHAT_MODEL_PATH", settings.server.models_root).path
     log("loading the native baseline model")
     engine = LlamaChatEngine.load(MODEL, path, settings.chat)
-    prompter = prompter_for(engine, "auto", settings.server.models_root)
+    prompter = PromptFormats("auto", settings.server.models_root).build(engine)
     server = Server(CHAT_N_CTX="2048", CHAT_EXTRA_MODELS="")
     try:
         native_ttft, native_rate, server_ttft, server_rate = [], [], [], []
@@ -54,7 +56,7 @@ def main() -> int:
             plan = prompter.plan(
                 [Turn("user", prompt(i))],
                 instructions=None,
-                tool_mode=ToolMode("none", ()),
+                tool_mode=NO_TOOLS,
                 effort="low",
                 text=None,
             )

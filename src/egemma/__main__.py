@@ -47,7 +47,8 @@ def serve_app(app: Any, settings: Settings) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from egemma.lifecycle import STOP_WAIT_SECONDS, drain, stop_now
+    from egemma.lifecycle import STOP_WAIT_SECONDS
+    from egemma.state import AppState
 
     grace = settings.server.graceful_timeout
     config = Config()
@@ -57,6 +58,8 @@ def serve_app(app: Any, settings: Settings) -> int:
     config.errorlog = "-"
     config.keep_alive_timeout = 75.0
 
+    state: AppState = app.state.egemma
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -64,17 +67,17 @@ def serve_app(app: Any, settings: Settings) -> int:
 
         async def drain_then_stop() -> None:
             try:
-                await drain(app, grace)
+                await state.drain(grace)
             finally:
                 stop.set()
 
         def on_signal(signum: int) -> None:
-            if app.state.draining:
+            if state.draining:
                 log.warning("second signal: stopping in-flight generations now")
-                stop_now(app)
+                state.stop_now()
                 return
             log.info("%s: draining (grace %.1fs)", signal.Signals(signum).name, grace)
-            app.state.draining = True
+            state.draining = True
             task = loop.create_task(drain_then_stop())
             tasks.add(task)
 
@@ -172,7 +175,11 @@ PREPARE_HOOKS.append(_prepare_embeddings)
 
 def _prepare_harmony_vocab(settings: Settings) -> None:
     # openai-harmony would download o200k_base.tiktoken at first use; convert quicktok's copy.
-    from egemma.engines.harmony_vocab import VOCAB_FILENAME, HarmonyVocabError, ensure_harmony_vocab
+    from egemma.services.prompting.harmony_vocab import (
+        VOCAB_FILENAME,
+        HarmonyVocabError,
+        ensure_harmony_vocab,
+    )
 
     try:
         vocab_dir = ensure_harmony_vocab(settings.server.models_root)

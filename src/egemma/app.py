@@ -25,10 +25,9 @@ from egemma.api import (
     stored_responses,
     summarize,
 )
-from egemma.errors import install_handlers
-from egemma.lifecycle import Generations, refuse_when_draining
+from egemma.api.deps import refuse_when_draining
+from egemma.api.errors import install_handlers
 from egemma.loaders import load_all
-from egemma.metrics import Metrics
 from egemma.middleware.body_limit import BodyLimitMiddleware
 from egemma.middleware.observe import ObserveMiddleware
 from egemma.middleware.request_id import RequestIdMiddleware
@@ -36,7 +35,9 @@ from egemma.openapi import install_openapi
 from egemma.ratelimit import RateLimiter
 from egemma.runtime import Engines
 from egemma.security import announce_generated_key, digest, provision_key, require_api_key
+from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
+from egemma.state import AppState
 from egemma.store.base import Store, StoreUnavailableError
 from egemma.store.sqlite import store_from_settings
 
@@ -69,23 +70,24 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: AppState = app.state.egemma
         try:
-            await app.state.store.open()
+            await state.store.open()
         except StoreUnavailableError:
             log.error("the store could not be opened; its routes answer 503")
         if not injected:
-            await load_all(settings, app.state.engines)
-        app.state.started = True
+            await load_all(settings, state.engines, state.prompts)
+        state.build_services()
+        state.started = True
         try:
             yield
         finally:
-            app.state.draining = True
-            for hook in app.state.shutdown_hooks:
-                await hook()
+            state.draining = True
+            await state.close_services()
             if not injected:
-                app.state.engines.close()
+                state.engines.close()
             if own_store:
-                await app.state.store.close()
+                await state.store.close()
 
     app = FastAPI(
         title="eGemma",
@@ -102,17 +104,16 @@ def create_app(
     )
     if generated:
         announce_generated_key(key, settings.server.data_dir / "api_key")
-    app.state.settings = settings
-    app.state.api_key_digest = digest(key)
-    app.state.engines = engines if engines is not None else Engines()
-    app.state.rate_limiter = RateLimiter(settings.limits)
-    app.state.store = store if store is not None else store_from_settings(settings)
-    app.state.started = False
-    app.state.started_at = int(time.time())
-    app.state.draining = False
-    app.state.shutdown_hooks = []
-    app.state.generations = Generations()
-    app.state.metrics = Metrics(app.state)
+    state = AppState(
+        settings=settings,
+        engines=engines if engines is not None else Engines(),
+        store=store if store is not None else store_from_settings(settings),
+        rate_limiter=RateLimiter(settings.limits),
+        prompts=PromptFormats(settings.chat.prompt_format, settings.server.models_root),
+        api_key_digest=digest(key),
+        started_at=int(time.time()),
+    )
+    app.state.egemma = state
 
     install_handlers(app)
     app.include_router(public.router)
@@ -125,12 +126,12 @@ def create_app(
     else:
         app.include_router(metrics.router)
     # Everything else needs the key, even when routing answers before dependencies run (405).
-    app.state.public_paths = frozenset(
+    state.public_paths = frozenset(
         [r.path for r in public.router.routes if isinstance(r, APIRoute)]
         + ([] if settings.server.metrics_require_key else ["/metrics"])
         + [p for p in (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url) if p]
     )
-    install_openapi(app, app.state.public_paths)
+    install_openapi(app, state.public_paths)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
     origins = [o.strip() for o in settings.server.cors_origins.split(",") if o.strip()]
@@ -143,7 +144,7 @@ def create_app(
         )
     # Outside the body limit and CORS so their answers are logged and counted too.
     app.add_middleware(
-        ObserveMiddleware, metrics=app.state.metrics, log_prompts=settings.server.log_prompts
+        ObserveMiddleware, metrics=state.metrics, log_prompts=settings.server.log_prompts
     )
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -13,16 +13,13 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable
 
-from fastapi import Request
-
-from egemma.errors import UnavailableError
+from egemma.engines.base import ChatEngine
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_CODE = "server_shutdown"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # How long stopped generations get to write their terminal event before Hypercorn takes over.
 STOP_WAIT_SECONDS = 5.0
 
@@ -42,11 +39,13 @@ class Cancel(threading.Event):
 
 
 class Generations:
-    """The generations in flight, so a drain can wait for them and stop the stragglers."""
+    """The generations in flight, so a drain can wait for them and stop the stragglers; and
+    whether the server is draining (the one flag every layer reads)."""
 
     def __init__(self) -> None:
         self._live: set[Cancel] = set()
         self.started = 0
+        self.draining = False
 
     def add(self, cancel: Cancel) -> None:
         self._live.add(cancel)
@@ -74,24 +73,11 @@ class Generations:
         return True
 
 
-def _queues(app: Any) -> list[Any]:
-    engines = app.state.engines
-    seen: dict[int, Any] = {}
-    for engine in [*engines.chat.values(), engines.summary]:
-        queue = getattr(engine, "queue", None)
-        if queue is not None:
-            seen[id(queue)] = queue
-    return list(seen.values())
-
-
-async def drain(app: Any, grace: float) -> None:
+async def drain(generations: Generations, engines: Iterable[ChatEngine], grace: float) -> None:
     """Refuse new work, wait up to ``grace`` seconds for generations, then stop the rest."""
-    app.state.draining = True
-    for queue in _queues(app):
-        close = getattr(queue, "close", None)
-        if callable(close):
-            close()
-    generations: Generations = app.state.generations
+    generations.draining = True
+    for engine in engines:
+        engine.close_admission()
     if len(generations):
         log.info("draining: %d generation(s) in flight, %.1fs grace", len(generations), grace)
     if not await generations.wait_idle(grace):
@@ -101,13 +87,7 @@ async def drain(app: Any, grace: float) -> None:
     log.info("drained")
 
 
-def stop_now(app: Any) -> None:
+def stop_now(generations: Generations) -> None:
     """A second signal: end every generation at once (each still gets its terminal event)."""
-    app.state.draining = True
-    app.state.generations.stop_all(SHUTDOWN_CODE)
-
-
-async def refuse_when_draining(request: Request) -> None:
-    """Dependency on every protected route: while draining, new work (any write) gets 503."""
-    if request.app.state.draining and request.method not in SAFE_METHODS:
-        raise UnavailableError("The server is shutting down.", retry_after=5, code="draining")
+    generations.draining = True
+    generations.stop_all(SHUTDOWN_CODE)

@@ -14,6 +14,7 @@ import anyio
 
 from egemma.modelfiles import ModelFileError, check_gguf, resolve
 from egemma.runtime import Engines
+from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,13 @@ def _fail(engines: Engines, key: str, reason: str) -> None:
     log.error("%s unavailable: %s", key, reason)
 
 
-def load_chat(settings: Settings, engines: Engines) -> None:
+def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("chat")
     status.name = settings.chat.model_name or settings.chat.models()[0][0]
     if not settings.chat.model_enabled:
         status.status = "disabled"
         return
     from egemma.engines.llamacpp import LlamaChatEngine
-    from egemma.services.prompting import prompter_for
 
     errors: list[str] = []
     for name, spec, setting in settings.chat.models():
@@ -48,8 +48,9 @@ def load_chat(settings: Settings, engines: Engines) -> None:
         try:
             # Build the prompt family now: a Harmony vocabulary problem or a broken template is a
             # load-time error for this model, not a 500 on its first request.
-            prompter_for(engine, settings.chat.prompt_format, settings.server.models_root)
+            prompts.build(engine)
         except Exception as exc:  # HarmonyVocabError, jinja2 TemplateSyntaxError, …
+            prompts.forget(engine)
             engine.close()
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
@@ -65,10 +66,10 @@ def load_chat(settings: Settings, engines: Engines) -> None:
     status.status = "loaded"
     status.context_length = default.n_ctx
     status.reason = "; ".join(errors) or None
-    status.detail = {"models": sorted(engines.chat), "path": str(default.path)}
+    status.detail = {"models": sorted(engines.chat), "path": default.identity}
 
 
-def load_summary(settings: Settings, engines: Engines) -> None:
+def load_summary(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("local_summarization")
     if not settings.summary.local_enabled:
         status.status = "disabled"
@@ -91,16 +92,23 @@ def load_summary(settings: Settings, engines: Engines) -> None:
             chat = settings.chat.model_copy(
                 update={"n_ctx": settings.summary.n_ctx, "queue_size": 64}
             )
-            engines.summary = LlamaChatEngine.load(Path(model.path).stem, model.path, chat)
+            summary = LlamaChatEngine.load(Path(model.path).stem, model.path, chat)
         except (ModelFileError, ValueError, OSError) as exc:
             _fail(engines, "local_summarization", str(exc))
             return
+        try:
+            prompts.build(summary)
+        except Exception as exc:  # as for chat models: a broken format is a load error
+            summary.close()
+            _fail(engines, "local_summarization", str(exc))
+            return
+        engines.summary = summary
     status.name = engines.summary.name
     status.status = "loaded"
     status.context_length = engines.summary.n_ctx
 
 
-def load_gemini(settings: Settings, engines: Engines) -> None:
+def load_gemini(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("gemini")
     status.name = settings.gemini.default_model
     status.detail = {"api_key_set": settings.gemini.api_key is not None}
@@ -117,7 +125,7 @@ def load_gemini(settings: Settings, engines: Engines) -> None:
     status.status = "loaded"
 
 
-def load_embeddings(settings: Settings, engines: Engines) -> None:
+def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("embeddings")
     if not settings.embedding.enabled:
         status.status = "disabled"
@@ -138,26 +146,27 @@ def load_embeddings(settings: Settings, engines: Engines) -> None:
         _fail(engines, "embeddings", f"ONNX engine unavailable: {exc.name} is not installed")
         return
     try:
-        engines.embedding = OnnxEmbeddingEngine.load(model.path, settings.embedding)
+        engine = OnnxEmbeddingEngine.load(model.path, settings.embedding)
     except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
         _fail(engines, "embeddings", f"EMBEDDING_MODEL_PATH: cannot load {model.path.name}: {exc}")
         return
-    status.name = engines.embedding.name
+    engines.embedding = engine
+    status.name = engine.name
     status.status = "loaded"
-    status.context_length = getattr(engines.embedding, "max_length", None)
+    status.context_length = engine.max_length
     status.detail = {
         "path": str(model.path),
-        "dimension": engines.embedding.dimension,
-        "matryoshka_dims": list(getattr(engines.embedding, "matryoshka_dims", ())),
-        "prompts": sorted(getattr(engines.embedding, "prompts", {})),
-        "providers": list(getattr(engines.embedding, "providers", [])),
+        "dimension": engine.dimension,
+        "matryoshka_dims": list(engine.matryoshka_dims),
+        "prompts": sorted(engine.prompts),
+        "providers": list(engine.providers),
     }
 
 
 LOADERS = (load_chat, load_summary, load_gemini, load_embeddings)
 
 
-async def load_all(settings: Settings, engines: Engines) -> None:
+async def load_all(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     """Run every loader off the event loop, one after the other (they share the CPU)."""
     for loader in LOADERS:
-        await anyio.to_thread.run_sync(loader, settings, engines)
+        await anyio.to_thread.run_sync(loader, settings, engines, prompts)

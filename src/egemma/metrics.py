@@ -25,8 +25,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from egemma.cache import TwoLevelCache
-
 TERMINAL = {"response.completed": "completed", "response.incomplete": "incomplete"}
 TERMINAL["response.failed"] = "failed"
 STATES = ("loaded", "not_loaded", "disabled", "error")
@@ -36,24 +34,13 @@ TPS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000)
 # ``*_created`` series double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# Services whose ``cache`` attribute is a TwoLevelCache (created lazily on app.state).
-CACHED_SERVICES = ("embedding_service", "summarize_service")
-
 
 class StateCollector(Collector):
-    """Reads the app's live state at scrape time: queues, caches, capabilities, drain."""
+    """Reads the app's live state (``state.AppState``) at scrape time: admission per model,
+    caches, capabilities, drain."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
-
-    def _engines(self) -> Iterator[tuple[str, Any]]:
-        engines = self.state.engines
-        seen: set[int] = set()
-        for name, engine in [*engines.chat.items(), ("summary", engines.summary)]:
-            if engine is None or id(engine) in seen or getattr(engine, "queue", None) is None:
-                continue
-            seen.add(id(engine))
-            yield getattr(engine, "name", name), engine.queue
 
     def _queues(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -70,11 +57,12 @@ class StateCollector(Collector):
                 ("abandoned", "Waiters dropped because their client left."),
             )
         }
-        for model, queue in self._engines():
-            depth.add_metric([model], queue.depth)
-            busy.add_metric([model], 1.0 if queue.busy else 0.0)
+        for engine in self.state.engines.chat_engines():
+            stats = engine.admission_stats()
+            depth.add_metric([engine.name], stats.depth)
+            busy.add_metric([engine.name], 1.0 if stats.busy else 0.0)
             for key, family in counters.items():
-                family.add_metric([model], getattr(queue, key, 0))
+                family.add_metric([engine.name], getattr(stats, key))
         yield depth
         yield busy
         yield from counters.values()
@@ -88,11 +76,10 @@ class StateCollector(Collector):
                 ("errors", "Disk cache failures served uncached (fail-open)."),
             )
         }
-        for attr in CACHED_SERVICES:
-            cache = getattr(getattr(self.state, attr, None), "cache", None)
-            if isinstance(cache, TwoLevelCache):
-                for key, family in families.items():
-                    family.add_metric([cache.name], getattr(cache, key))
+        services = self.state.services
+        for cache in services.caches() if services is not None else []:
+            for key, family in families.items():
+                family.add_metric([cache.name], getattr(cache, key))
         yield from families.values()
 
     def _capabilities(self) -> Iterator[Metric]:
@@ -115,7 +102,7 @@ class StateCollector(Collector):
             ("embeddings", engines.embedding),
         ):
             if engine is not None:
-                models.add_metric([key, str(getattr(engine, "name", key))], 1.0)
+                models.add_metric([key, engine.name], 1.0)
         yield status
         yield models
 
@@ -124,11 +111,10 @@ class StateCollector(Collector):
         yield from self._caches()
         yield from self._capabilities()
         draining = GaugeMetricFamily("egemma_draining", "1 while the server shuts down.")
-        draining.add_metric([], 1.0 if getattr(self.state, "draining", False) else 0.0)
+        draining.add_metric([], 1.0 if self.state.draining else 0.0)
         yield draining
         live = GaugeMetricFamily("egemma_generations_in_flight", "Generations running now.")
-        generations = getattr(self.state, "generations", None)
-        live.add_metric([], float(len(generations)) if generations is not None else 0.0)
+        live.add_metric([], float(len(self.state.generations)))
         yield live
 
 

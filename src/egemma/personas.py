@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from egemma.errors import InvalidRequestError
+
 log = logging.getLogger(__name__)
 
 PersonaKind = Literal["code", "docs"]
@@ -35,17 +37,20 @@ _PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{(language|max_tokens|goal)\}")
 _NO_GOAL = "a general understanding of the content"
 
 
-class PersonaError(Exception):
-    """A persona could not be used; ``message`` is safe to show a client (no paths)."""
+class PersonaError(InvalidRequestError):
+    """A persona could not be used (a 400); ``message`` is safe to show a client (no paths)."""
+
+    default_code = "persona_unavailable"
 
     def __init__(self, message: str, *, available: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, param="persona")
         self.available = available or []
 
 
 class UnknownPersonaError(PersonaError):
     """The name is invalid or not in the allowlist."""
+
+    default_code = "unknown_persona"
 
 
 @dataclass(frozen=True)

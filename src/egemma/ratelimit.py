@@ -73,7 +73,7 @@ def rate_limit(bucket: str) -> Callable[[Request], Awaitable[None]]:
         principal = getattr(request.state, "principal", None)
         if principal is None:
             principal = "ip:" + (request.client.host if request.client else "unknown")
-        limiter: RateLimiter = request.app.state.rate_limiter
+        limiter: RateLimiter = request.app.state.egemma.rate_limiter
         await limiter.hit(bucket, principal)
 
     dependency.__name__ = f"rate_limit_{bucket}"

@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-from egemma.engines.base import CapabilityStatus
+from egemma.engines.base import CapabilityStatus, ChatEngine, EmbeddingEngine
+
+if TYPE_CHECKING:
+    from egemma.engines.gemini import GeminiBackend
 
 # Health keys kept from the original /health so existing readers carry on.
 CAPABILITIES = {
@@ -24,11 +27,11 @@ CAPABILITIES = {
 class Engines:
     """Loaded engines. ``chat`` maps served model name → engine (one context each)."""
 
-    chat: dict[str, Any] = field(default_factory=dict)
+    chat: dict[str, ChatEngine] = field(default_factory=dict)
     chat_default: str | None = None
-    summary: Any = None  # a chat engine used for local summaries (may be one of ``chat``)
-    gemini: Any = None
-    embedding: Any = None
+    summary: ChatEngine | None = None  # local summaries (may be one of ``chat``)
+    gemini: GeminiBackend | None = None
+    embedding: EmbeddingEngine | None = None
     status: dict[str, CapabilityStatus] = field(default_factory=dict)
 
     def capability(self, key: str) -> CapabilityStatus:
@@ -36,12 +39,18 @@ class Engines:
             self.status[key] = CapabilityStatus(name=key)
         return self.status[key]
 
+    def chat_engines(self) -> list[ChatEngine]:
+        """Every distinct chat engine: the served models and the summary model."""
+        seen: dict[int, ChatEngine] = {}
+        for engine in [*self.chat.values(), self.summary]:
+            if engine is not None:
+                seen.setdefault(id(engine), engine)
+        return list(seen.values())
+
     def close(self) -> None:
-        seen: set[int] = set()
-        for engine in [*self.chat.values(), self.summary, self.gemini, self.embedding]:
-            if engine is None or id(engine) in seen:
-                continue
-            seen.add(id(engine))
-            close = getattr(engine, "close", None)
-            if callable(close):
-                close()
+        for engine in self.chat_engines():
+            engine.close()
+        if self.gemini is not None:
+            self.gemini.close()
+        if self.embedding is not None:
+            self.embedding.close()

@@ -78,7 +78,7 @@ def presented_key(request: Request) -> str | None:
 
 async def require_api_key(request: Request) -> str:
     """FastAPI dependency: 401 unless the request carries the server's key. Returns its digest."""
-    expected: bytes = request.app.state.api_key_digest
+    expected: bytes = request.app.state.egemma.api_key_digest
     token = presented_key(request)
     if token is None:
         raise AuthenticationError("Missing or malformed Authorization header; use 'Bearer <key>'.")
@@ -95,8 +95,8 @@ def denies(request: Request) -> bool:
     unauthenticated caller learns nothing about which methods exist. Deny by default."""
     route = request.scope.get("route")
     path = getattr(route, "path", None)
-    if path is None or path in request.app.state.public_paths:
+    if path is None or path in request.app.state.egemma.public_paths:
         return False
     token = presented_key(request)
-    expected: bytes = request.app.state.api_key_digest
+    expected: bytes = request.app.state.egemma.api_key_digest
     return token is None or not hmac.compare_digest(digest(token), expected)

@@ -202,7 +202,7 @@ async def test_concurrent_http_requests_match_single_ones(minilm_onnx: Path) -> 
 
             concurrent = await asyncio.gather(*(one(s) for s in SENTENCES * 2))
             sequential = [await one(s) for s in SENTENCES]
-        batcher = app.state.embedding_service.batcher
+        batcher = app.state.egemma.services.embeddings.batcher
     assert batcher.runs < len(SENTENCES) * 3  # some requests shared a run
     for got, want in zip(concurrent, sequential * 2, strict=True):
         np.testing.assert_allclose(got, want, atol=2e-5)
@@ -241,7 +241,7 @@ async def test_real_cache_hit_after_restart(minilm_onnx: Path) -> None:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
                 r = await http.post("/v1/embeddings", json={"input": "remember me"}, headers=AUTH)
-            runs: int = app.state.embedding_service.batcher.runs
+            runs: int = app.state.egemma.services.embeddings.batcher.runs
         return r.json()["data"][0]["embedding"], runs
 
     first, runs_first = await embed_once()

@@ -77,7 +77,7 @@ async def _summarize(http: httpx.AsyncClient, content: bytes, name: str, **form:
 
 async def test_local_summary_then_cache_hit(client_for: Any, engine: Any) -> None:
     http, app = await client_for()
-    admitted = engine.queue.admitted
+    admitted = engine.admission_stats().admitted
     first = await _summarize(http, CODE, "helpers.py", max_tokens="12", temperature="0")
     assert first.status_code == 200, first.text
     body = first.json()
@@ -86,11 +86,11 @@ async def test_local_summary_then_cache_hit(client_for: Any, engine: Any) -> Non
     assert (body["cached"], body["chunks"]) == (False, 1)
     assert isinstance(body["summary"], str)
     assert body["summary"].strip()
-    assert engine.queue.admitted == admitted + 1
+    assert engine.admission_stats().admitted == admitted + 1
     second = await _summarize(http, CODE, "helpers.py", max_tokens="12", temperature="0")
     assert second.json() == {**body, "cached": True}
-    assert engine.queue.admitted == admitted + 1  # no model call for the hit
-    assert app.state.summarize_service.model_calls == 1
+    assert engine.admission_stats().admitted == admitted + 1  # no model call for the hit
+    assert app.state.egemma.services.summarize.model_calls == 1
 
 
 async def test_content_beyond_the_context_is_map_reduced(client_for: Any, engine: Any) -> None:
@@ -103,7 +103,7 @@ async def test_content_beyond_the_context_is_map_reduced(client_for: Any, engine
     assert body["chunks"] >= 2
     assert isinstance(body["summary"], str)
     # One call per part, then at least one reduce call.
-    assert app.state.summarize_service.model_calls >= body["chunks"] + 1
+    assert app.state.egemma.services.summarize.model_calls >= body["chunks"] + 1
 
 
 async def test_too_many_chunks_is_413_before_any_call(client_for: Any) -> None:
@@ -112,7 +112,7 @@ async def test_too_many_chunks_is_413_before_any_call(client_for: Any) -> None:
     r = await _summarize(http, text, "long.txt", max_tokens="16")
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "content_too_long"
-    assert app.state.summarize_service.model_calls == 0
+    assert app.state.egemma.services.summarize.model_calls == 0
 
 
 async def test_max_tokens_beyond_context_is_400(client_for: Any) -> None:
@@ -155,7 +155,7 @@ def test_real_server_local_summary(engine: Any) -> None:
 async def test_departed_client_stops_the_work_and_caches_nothing(engine: Any) -> None:
     from egemma.errors import UnavailableError
     from egemma.personas import PersonaRegistry, default_personas_dir
-    from egemma.services.summarize import SummarizeService, SummaryRequest
+    from egemma.services.summarize.service import SummarizeService, SummaryRequest
 
     settings = _settings()
     registry = PersonaRegistry.from_directory(default_personas_dir())

@@ -1,10 +1,10 @@
-"""``FakeChatEngine``: a deterministic, optionally slow stand-in for ``LlamaChatEngine``.
+"""``FakeChatEngine``: a deterministic, optionally slow ``ChatEngine``.
 
-It exposes what ``TemplatePrompter`` and the Responses service use (name, n_ctx, architecture, a
-ChatML ``chat_template``, bos/eos, ``llm.token_bos()``, tokenize/detokenize/token_id, a real
-``ModelQueue``) and generates a scripted answer one token at a time in the caller's worker thread,
-checking ``cancel`` before every token like the real engine. Counters let tests prove that a
-generation stopped and its slot was released. Injected via ``create_app(..., engines=...)``.
+It implements the ``engines.base.ChatEngine`` Protocol and nothing else: a ChatML template,
+special tokens, a character tokenizer, admission through a real ``ModelQueue``, and a scripted
+answer generated one token at a time in a worker thread, checking ``cancel`` before every token
+like the real engine. Counters let tests prove that a generation stopped and its slot was
+released. Injected via ``create_app(..., engines=...)``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,20 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from egemma.engines.base import CapabilityStatus, GeneratedToken, SamplingParams
-from egemma.engines.llamacpp import GenerationStats
+from egemma.engines.base import (
+    AdmissionStats,
+    CapabilityStatus,
+    Disconnected,
+    GeneratedToken,
+    GenerationRequest,
+    GenerationStats,
+    Slot,
+    SpecialTokens,
+    TokenStream,
+)
 from egemma.engines.queue import ModelQueue
+from egemma.engines.threaded import ThreadedTokenStream
 from egemma.runtime import CAPABILITIES, Engines
 
 CHATML = (
@@ -32,22 +41,34 @@ _SPECIAL_RE = re.compile("|".join(re.escape(s) for s in SPECIAL))
 CHAR_BASE = 1000  # ordinary text: one token per character, id CHAR_BASE + code point
 
 
-class _Llm:
-    def token_bos(self) -> int:
-        return _SPECIAL_IDS["<|endoftext|>"]
+class QueuedEngine:
+    """Admission through a real ``ModelQueue``, as ``LlamaChatEngine`` does it."""
 
-    def token_eos(self) -> int:
-        return _SPECIAL_IDS["<|im_end|>"]
+    def __init__(self, queue_size: int, queue_timeout: float) -> None:
+        self._queue = ModelQueue(queue_size, queue_timeout)
+
+    async def admit(self, is_disconnected: Disconnected | None = None) -> Slot:
+        return await self._queue.admit(is_disconnected)
+
+    def admission_stats(self) -> AdmissionStats:
+        return self._queue.stats()
+
+    def close_admission(self) -> None:
+        self._queue.close()
 
 
-class FakeChatEngine:
+class FakeChatEngine(QueuedEngine):
     """Scripted answer, ``delay`` seconds per token, ``fail_after`` raises mid-generation."""
 
     architecture = "llama"
-    chat_template = CHATML
-    bos_token = ""
-    eos_token = "<|im_end|>"
-    add_bos = False
+    chat_template: str | None = CHATML
+    special = SpecialTokens(
+        bos_id=_SPECIAL_IDS["<|endoftext|>"],
+        eos_id=_SPECIAL_IDS["<|im_end|>"],
+        bos_text="",
+        eos_text="<|im_end|>",
+        add_bos=False,
+    )
 
     def __init__(
         self,
@@ -61,15 +82,14 @@ class FakeChatEngine:
         fail_after: int | None = None,
         words: bool = True,
     ) -> None:
+        super().__init__(queue_size, queue_timeout)
         self.name = name
         self.n_ctx = n_ctx
         self.script = script
         self.delay = delay
         self.fail_after = fail_after
         self.words = words
-        self.llm = _Llm()
-        self.queue = ModelQueue(queue_size, queue_timeout)
-        self.path = f"/fake/{name}.gguf"
+        self.identity = f"/fake/{name}.gguf"
         self.tokens_generated = 0
         self.generations = 0
         self.cancelled = 0
@@ -85,8 +105,8 @@ class FakeChatEngine:
 
     # -- tokenizer ----------------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
-        out: list[int] = [self.llm.token_bos()] if add_bos else []
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        out: list[int] = []
         pos = 0
         if special:
             for match in _SPECIAL_RE.finditer(text):
@@ -110,15 +130,13 @@ class FakeChatEngine:
             return list(self.script)
         return re.findall(r"\S+\s*|\s+", self.script)
 
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        cancel: threading.Event,
-        stats: GenerationStats | None = None,
-        json_schema: dict[str, Any] | None = None,
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        return ThreadedTokenStream(self._generate, request)
+
+    def _generate(
+        self, request: GenerationRequest, stats: GenerationStats
     ) -> Iterator[GeneratedToken]:
-        stats = stats if stats is not None else GenerationStats()
+        prompt, params, cancel = request.prompt, request.params, request.cancel
         stats.prompt_tokens = len(prompt)
         stats.finish_reason = "length"
         with self._lock:
@@ -143,13 +161,14 @@ class FakeChatEngine:
                     self.tokens_generated += 1
                 yield GeneratedToken(CHAR_BASE + ord(piece[0]), piece)
             stats.finish_reason = "stop"
-            yield GeneratedToken(self.llm.token_eos(), "")
+            yield GeneratedToken(self.special.eos_id, "")
         finally:
             with self._lock:
                 self.running -= 1
 
     def close(self) -> None:
         self.closed = True
+        self.close_admission()
 
 
 def fake_engines(*chat: FakeChatEngine, summary: bool = False) -> Engines:

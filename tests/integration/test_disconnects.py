@@ -68,7 +68,11 @@ def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 def idle(engine: FakeChatEngine) -> bool:
-    return not engine.queue.busy and engine.queue.depth == 0 and engine.running == 0
+    return (
+        not engine.admission_stats().busy
+        and engine.admission_stats().depth == 0
+        and engine.running == 0
+    )
 
 
 def assert_stopped(engine: FakeChatEngine) -> None:
@@ -149,7 +153,7 @@ def test_abandon_before_the_first_byte(
 ) -> None:
     sock = raw_request(live_server, "slow")
     close(sock)
-    wait_until(lambda: slow.queue.admitted == 1 or idle(slow))
+    wait_until(lambda: slow.admission_stats().admitted == 1 or idle(slow))
     assert_stopped(slow)
     served(live_server)
 
@@ -158,11 +162,11 @@ def test_abandon_while_queued(live_server: LiveServer, slow: FakeChatEngine) -> 
     holder = raw_request(live_server, "slow")
     read_until(holder, b"data: ")
     waiter = raw_request(live_server, "slow")
-    wait_until(lambda: slow.queue.depth == 1)
+    wait_until(lambda: slow.admission_stats().depth == 1)
     waiter.close()
-    wait_until(lambda: slow.queue.depth == 0)
-    assert slow.queue.abandoned == 1
-    assert slow.queue.busy  # the holder still streams
+    wait_until(lambda: slow.admission_stats().depth == 0)
+    assert slow.admission_stats().abandoned == 1
+    assert slow.admission_stats().busy  # the holder still streams
     holder.close()
     assert_stopped(slow)
     assert slow.generations == 1  # the waiter never generated
@@ -187,7 +191,7 @@ def test_queue_full_is_503_with_retry_after(live_server: LiveServer, full: FakeC
     finally:
         holder.close()
     assert_stopped(full)
-    assert full.queue.rejected == 2
+    assert full.admission_stats().rejected == 2
 
 
 def test_failure_mid_stream_ends_with_response_failed(
@@ -216,7 +220,7 @@ def test_a_thousand_aborted_streams_leak_nothing(
         else:
             sock.close()
     assert_stopped(slow)
-    assert slow.queue.admitted == 1000
+    assert slow.admission_stats().admitted == 1000
     assert slow.generations <= 1000
     served(live_server)
 

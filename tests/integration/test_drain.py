@@ -20,7 +20,6 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from egemma.app import create_app
-from egemma.lifecycle import drain
 from egemma.settings import Settings
 from tests.conftest import AUTH, TEST_KEY, make_settings
 from tests.fakes.chat import FakeChatEngine, fake_engines
@@ -197,17 +196,17 @@ def test_drain_turns_away_queued_requests(settings: Settings) -> None:
         waiter = threading.Thread(target=queued)
         waiter.start()
         deadline = time.monotonic() + 10
-        while fake.queue.depth == 0 and time.monotonic() < deadline:
+        while fake.admission_stats().depth == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server._loop is not None
-        done = asyncio.run_coroutine_threadsafe(drain(app, 0.2), server._loop)
+        done = asyncio.run_coroutine_threadsafe(app.state.egemma.drain(0.2), server._loop)
         waiter.join(15)
         assert result["r"].status_code == 503
         assert result["r"].json()["error"]["code"] == "draining"
         done.result(15)
         holder.join(15)
         assert holder.terminal["type"] == "response.failed"
-        assert not fake.queue.busy
+        assert not fake.admission_stats().busy
     finally:
         server.stop()
 
@@ -221,7 +220,7 @@ async def test_draining_refuses_every_write_but_serves_reads(settings: Settings)
     async with LifespanManager(app) as mgr:
         transport = httpx.ASGITransport(app=mgr.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            app.state.draining = True
+            app.state.egemma.draining = True
             writes = [
                 ("/v1/responses", {"json": {"input": "hi"}}),
                 (

@@ -175,7 +175,7 @@ async def test_corrupt_disk_cache_is_moved_aside(clean_env: Path) -> None:
     (cache_dir / "cache.db").write_bytes(b"this is not a database" * 100)
     async for http, app in _started({}, _embedding_engines()):
         await _embed_twice(http)
-        assert app.state.embedding_service.cache.errors >= 1
+        assert app.state.egemma.services.embeddings.cache.errors >= 1
     assert list((clean_env / "cache").glob("embeddings.corrupt-*"))
 
 
@@ -195,7 +195,7 @@ class _FullDisk:
 async def test_full_disk_cache_is_served_uncached() -> None:
     async for http, app in _started({}, _embedding_engines()):
         assert (await http.post("/v1/embeddings", json={"input": "x"}, headers=AUTH)).is_success
-        cache = app.state.embedding_service.cache
+        cache = app.state.egemma.services.embeddings.cache
         cache._disk = _FullDisk()
         cache._lru.clear()
         cache.lru_size = 0

@@ -4,7 +4,6 @@ openai-harmony, a recorded completion's tokens parsed into reasoning, calls and 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -14,12 +13,19 @@ from asgi_lifespan import LifespanManager
 from openai.types.responses import Response
 
 from egemma.app import create_app
-from egemma.engines import harmony
-from egemma.engines.base import CapabilityStatus, GeneratedToken, SamplingParams
-from egemma.engines.llamacpp import GenerationStats
-from egemma.engines.queue import ModelQueue
+from egemma.engines.base import (
+    CapabilityStatus,
+    GeneratedToken,
+    GenerationRequest,
+    GenerationStats,
+    SpecialTokens,
+    TokenStream,
+)
+from egemma.engines.threaded import ThreadedTokenStream
 from egemma.runtime import CAPABILITIES, Engines
+from egemma.services.prompting import harmony
 from tests.conftest import AUTH, TEST_KEY, make_settings
+from tests.fakes.chat import QueuedEngine
 
 pytestmark = pytest.mark.anyio
 
@@ -45,29 +51,39 @@ TOOLS = [
 ]
 
 
-class RecordedHarmonyEngine:
+class RecordedHarmonyEngine(QueuedEngine):
     """A gpt-oss stand-in: replays a recorded completion, token by token, in Harmony tokens."""
 
     architecture = "gpt-oss"
     chat_template = None
     n_ctx = 8192
-    path = "/fake/gpt-oss.gguf"
+    identity = "/fake/gpt-oss.gguf"
+    special = SpecialTokens()
 
     def __init__(self, encoding: Any) -> None:
+        super().__init__(4, 10.0)
         self.name = "gpt-oss-20b"
         self.encoding = encoding
-        self.queue = ModelQueue(4, 10.0)
         self.script = CALL
         self.prompts: list[list[int]] = []
 
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        cancel: threading.Event,
-        stats: GenerationStats,
-        json_schema: dict[str, Any] | None = None,
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return list(self.encoding.encode(text, allowed_special="all" if special else ()))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return str(self.encoding.decode(list(tokens)))
+
+    def token_id(self, text: str) -> int | None:
+        ids = self.tokenize(text)
+        return ids[0] if len(ids) == 1 else None
+
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        return ThreadedTokenStream(self._generate, request)
+
+    def _generate(
+        self, request: GenerationRequest, stats: GenerationStats
     ) -> Iterator[GeneratedToken]:
+        prompt, params, cancel = request.prompt, request.params, request.cancel
         self.prompts.append(list(prompt))
         stats.prompt_tokens = len(prompt)
         stats.finish_reason = "stop"

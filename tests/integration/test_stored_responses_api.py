@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseOutputMessage
 
-from egemma.services.items import normalize_input
+from egemma.services.responses.items import normalize_input
 from egemma.settings import Settings
 from egemma.store.sqlite import store_from_settings
 from tests.conftest import AUTH, TEST_KEY

@@ -10,7 +10,7 @@ import pytest
 
 from egemma.engines.onnx import plan_runs
 from egemma.errors import InvalidRequestError, UnavailableError
-from egemma.services.embeddings import (
+from egemma.services.embeddings.service import (
     EMBEDDINGGEMMA_PROMPT_NAMES,
     DynamicBatcher,
     EmbeddingService,

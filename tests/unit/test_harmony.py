@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from egemma.engines.base import GeneratedToken, OutputDelta, ToolSpec, Turn
-from egemma.engines.harmony import (
+from egemma.engines.base import GeneratedToken
+from egemma.services.prompting.harmony import (
     HarmonyOutputParser,
     ensure_harmony_vocab,
     harmony_effort,
@@ -19,6 +19,7 @@ from egemma.engines.harmony import (
     render_prompt,
     stop_token_ids,
 )
+from egemma.services.prompting.types import OutputDelta, ToolSpec, Turn
 
 WEATHER = ToolSpec(
     name="get_weather",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from egemma.engines.harmony_vocab import (
+from egemma.services.prompting.harmony_vocab import (
     VOCAB_FILENAME,
     VOCAB_SHA256,
     HarmonyVocabError,
@@ -84,8 +84,10 @@ def test_render_works_without_network(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from egemma.engines.base import Turn
-        from egemma.engines.harmony import ensure_harmony_vocab, load_encoding, render_prompt
+        from egemma.services.prompting.types import Turn
+        from egemma.services.prompting.harmony import (
+            ensure_harmony_vocab, load_encoding, render_prompt,
+        )
         enc = load_encoding(ensure_harmony_vocab(Path({str(tmp_path)!r})))
         tokens = render_prompt([Turn("user", "hi")], [], instructions=None, effort="low",
                                encoding=enc, conversation_start_date="2025-01-01")

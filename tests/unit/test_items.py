@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from egemma.errors import InvalidRequestError, NotFoundError
-from egemma.services.items import normalize_input, normalize_item, resolve_references
+from egemma.services.responses.items import normalize_input, normalize_item, resolve_references
 
 
 def _bad(value: Any) -> InvalidRequestError:

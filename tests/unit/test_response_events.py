@@ -12,29 +12,25 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from egemma.api.sse import encode_event, sse_bytes
-from egemma.engines.base import OutputDelta
 from egemma.protocol.responses import ResponsesRequest
-from egemma.services.response_events import ResponseBuilder
-from egemma.services.response_events import new_response as _response_object
-from egemma.services.response_events import usage_of as _usage
+from egemma.services.prompting.types import OutputDelta
+from egemma.services.responses.events import ResponseBuilder
+from egemma.services.responses.events import new_response as _response_object
+from egemma.services.responses.events import usage_of as _usage
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 
 
-class _Engine:
-    name = "tiny"
-
-
 def builder(summary: bool = False) -> ResponseBuilder:
     req = ResponsesRequest.model_validate({"input": "hi", "metadata": {"k": "v"}})
-    base = _response_object(req, _Engine(), [], {"k": "v"}, "low", True, None, 0.3, 0.9)
+    base = _response_object(req, "tiny", [], {"k": "v"}, "low", True, None, 0.3, 0.9)
     return ResponseBuilder(base, summary=summary, tool_names={"get_weather"})
 
 
 def run(
     b: ResponseBuilder, deltas: list[OutputDelta], status: str = "completed"
 ) -> list[dict[str, Any]]:
-    from egemma.engines.llamacpp import GenerationStats
+    from egemma.engines.base import GenerationStats
 
     events = b.start()
     for d in deltas:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from egemma.services.items import normalize_input
+from egemma.services.responses.items import normalize_input
 from egemma.store.base import CursorNotFoundError, DuplicateItemError, Store, StoreUnavailableError
 from egemma.store.migrations import LATEST
 from egemma.store.sqlite import SqliteStore

@@ -6,7 +6,7 @@ import pytest
 
 from egemma.engines.gemini import retry_delay
 from egemma.errors import InvalidRequestError, PayloadTooLargeError
-from egemma.services.summary_input import (
+from egemma.services.summarize.input import (
     EXTENSION_TO_LANGUAGE,
     condense_log,
     decode_upload,

@@ -7,10 +7,11 @@ import random
 
 import pytest
 
-from egemma.engines.base import GeneratedToken, OutputDelta, ToolSpec, Turn
+from egemma.engines.base import GeneratedToken
 from egemma.errors import InvalidRequestError
-from egemma.services import templates
-from egemma.services.toolcalls import JsonCallParser, TextParser, ToolTagParser
+from egemma.services.prompting import templates
+from egemma.services.prompting.toolcalls import JsonCallParser, TextParser, ToolTagParser
+from egemma.services.prompting.types import OutputDelta, ToolSpec, Turn
 
 WEATHER = ToolSpec("get_weather", "Weather", {"type": "object", "properties": {"city": {}}})
 
@@ -131,7 +132,7 @@ def test_json_call_parser_streams_arguments(seed: int) -> None:
 
 
 def test_grammar_schema_bounds_strings_and_arrays_only_where_unset() -> None:
-    from egemma.services.prompting import MAX_ITEMS, MAX_STRING, bound_schema
+    from egemma.services.prompting.schemas import MAX_ITEMS, MAX_STRING, bound_schema
 
     schema = {
         "type": "object",

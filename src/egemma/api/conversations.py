@@ -4,28 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 
+from egemma.api.deps import ConversationsDep as Service
 from egemma.protocol.conversations import (
     ConversationCreateRequest,
     ConversationItemsCreateRequest,
     ConversationUpdateRequest,
 )
 from egemma.ratelimit import rate_limit
-from egemma.services.conversations import ConversationService
 
 router = APIRouter(tags=["conversations"], dependencies=[Depends(rate_limit("conversation"))])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1 to 100.")]
 After = Annotated[str | None, Query(description="Item id to continue after.")]
 OrderQuery = Annotated[Literal["asc", "desc"], Query(description="asc: oldest first.")]
-
-
-def _service(request: Request) -> ConversationService:
-    return ConversationService(request.app.state.store)
-
-
-Service = Annotated[ConversationService, Depends(_service)]
 
 
 @router.post("/v1/conversations", summary="Create a conversation")

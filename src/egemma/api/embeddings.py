@@ -10,40 +10,17 @@ import json
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
 from openai.types import CreateEmbeddingResponse
 
-from egemma.errors import InvalidRequestError, UnavailableError
+from egemma.api.deps import EmbeddingsDep, StateDep
+from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
 from egemma.ratelimit import rate_limit
-from egemma.runtime import Engines
-from egemma.services.embeddings import EmbeddingService, truncate
+from egemma.services.embeddings.service import EmbeddingService, truncate
 from egemma.services.uploads import decode_upload
-from egemma.settings import Settings
 
 router = APIRouter(tags=["embeddings"])
-
-
-async def embedding_service(request: Request) -> EmbeddingService:
-    """The app's embedding service, created on first use (on the event loop: no race)."""
-    state = request.app.state
-    service: EmbeddingService | None = getattr(state, "embedding_service", None)
-    if service is not None:
-        return service
-    engines: Engines = state.engines
-    if engines.embedding is None:
-        status = engines.capability("embeddings")
-        reason = status.reason or status.status.replace("_", " ")
-        raise UnavailableError(
-            f"The embedding model is not available ({reason}).", code="model_not_loaded"
-        )
-    settings: Settings = state.settings
-    service = EmbeddingService.create(
-        engines.embedding, settings.embedding, settings.server.data_dir
-    )
-    state.embedding_service = service
-    state.shutdown_hooks.append(service.aclose)
-    return service
 
 
 def _json(body: str) -> Response:
@@ -66,9 +43,9 @@ def float_array(vector: np.ndarray) -> str:
     responses={200: {"content": {"application/json": {"example": {"embedding_128d": [0.1]}}}}},
 )
 async def embed(
-    request: Request,
+    state: StateDep,
     file: Annotated[UploadFile, File(description="UTF-8 text to embed.")],
-    service: Annotated[EmbeddingService, Depends(embedding_service)],
+    service: EmbeddingsDep,
     dimensions: Annotated[
         list[int] | None,
         Query(description="Sizes to return (repeatable); default the smallest trained size."),
@@ -78,7 +55,7 @@ async def embed(
     ),
     title: Annotated[str | None, Query(description="Document title (document prompts).")] = None,
 ) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = state.settings
     limit = settings.server.max_file_size_bytes
     text = decode_upload(
         await file.read(limit + 1),
@@ -132,7 +109,7 @@ def _encode(vector: np.ndarray, encoding_format: str) -> str:
 )
 async def create_embeddings(
     body: EmbeddingRequest,
-    service: Annotated[EmbeddingService, Depends(embedding_service)],
+    service: EmbeddingsDep,
 ) -> Response:
     texts = _inputs(body, service)
     size = service.engine.dimension if body.dimensions is None else body.dimensions

@@ -12,4 +12,4 @@ router = APIRouter(tags=["service"])
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.egemma.metrics.render(), media_type=CONTENT_TYPE_LATEST)

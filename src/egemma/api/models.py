@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from egemma.runtime import Engines
+from egemma.api.deps import StateDep
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", summary="List served models")
-async def list_models(request: Request) -> dict[str, Any]:
-    engines: Engines = request.app.state.engines
-    created = request.app.state.started_at
+async def list_models(state: StateDep) -> dict[str, Any]:
+    engines = state.engines
+    created = state.started_at
     data: dict[str, dict[str, Any]] = {}
 
     def add(name: str, capability: str) -> None:
@@ -39,5 +39,5 @@ async def list_models(request: Request) -> dict[str, Any]:
     if engines.embedding is not None:
         add(engines.embedding.name, "embeddings")
     if engines.gemini is not None:
-        add(request.app.state.settings.gemini.default_model, "summarize")
+        add(state.settings.gemini.default_model, "summarize")
     return {"object": "list", "data": list(data.values())}

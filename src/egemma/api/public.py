@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from egemma import __version__
+from egemma.api.deps import app_state
 from egemma.runtime import CAPABILITIES, Engines
 
 router = APIRouter(tags=["service"])
@@ -31,13 +32,14 @@ def _entry(engines: Engines, key: str) -> dict[str, Any]:
 
 @router.get("/health", summary="Per-capability status")
 async def health(request: Request) -> dict[str, Any]:
-    engines: Engines = request.app.state.engines
+    state = app_state(request)
+    engines = state.engines
     body: dict[str, Any] = {"version": __version__}
     states = []
     for key, legacy in CAPABILITIES.items():
         body[legacy] = _entry(engines, key)
         states.append(body[legacy]["status"])
-    if request.app.state.draining:
+    if state.draining:
         overall = "draining"
     elif "error" in states:
         overall = "degraded"
@@ -50,13 +52,14 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get("/ready", summary="200 once every enabled capability is loaded")
 async def ready(request: Request) -> JSONResponse:
-    engines: Engines = request.app.state.engines
+    state = app_state(request)
+    engines = state.engines
     waiting = [
         key for key in CAPABILITIES if engines.capability(key).status not in ("loaded", "disabled")
     ]
-    if request.app.state.draining:
+    if state.draining:
         return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
-    if waiting or not request.app.state.started:
+    if waiting or not state.started:
         return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
     return JSONResponse({"ready": True})
 
@@ -74,5 +77,5 @@ async def ready_head(request: Request) -> Response:
 
 @router.get("/rate-limits", summary="Configured rate limits per bucket")
 async def rate_limits(request: Request) -> dict[str, dict[str, int]]:
-    limits: dict[str, dict[str, int]] = request.app.state.rate_limiter.describe()
+    limits: dict[str, dict[str, int]] = app_state(request).rate_limiter.describe()
     return limits

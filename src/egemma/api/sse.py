@@ -1,4 +1,7 @@
-"""The one SSE writer: ``event: {type}\\ndata: {one json.dumps}\\n\\n`` with ``sequence_number``.
+"""The one SSE writer, for both wire shapes.
+
+- Responses: ``event: {type}\\ndata: {one json.dumps}\\n\\n`` with ``sequence_number`` from 0.
+- Chat completions: ``data: {one json.dumps}\\n\\n`` per chunk, then ``data: [DONE]``.
 
 Each ``data:`` line is exactly one ``json.dumps`` payload, which escapes ``\\n`` and ``\\r``: model
 text can never forge an event. Event names come from our code, never from user or model text.
@@ -11,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -19,6 +22,9 @@ from starlette.types import Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 10.0
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+Framing = Literal["responses", "chat"]
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -27,11 +33,14 @@ def encode_event(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {payload}\n\n".encode()
 
 
-async def sse_bytes(
-    events: AsyncIterator[dict[str, Any]], keepalive: float = KEEPALIVE_SECONDS
-) -> AsyncIterator[bytes]:
-    """Stamp ``sequence_number`` from 0 and frame each event; comments while waiting."""
-    sequence = 0
+def encode_data(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+async def with_keepalives(
+    events: AsyncIterator[dict[str, Any]], keepalive: float
+) -> AsyncIterator[dict[str, Any] | None]:
+    """``events`` as they come, and None whenever ``keepalive`` seconds pass without one."""
     pending: asyncio.Task[dict[str, Any]] | None = None
     try:
         while True:
@@ -39,29 +48,45 @@ async def sse_bytes(
                 pending = asyncio.ensure_future(anext(events))
             done, _ = await asyncio.wait({pending}, timeout=keepalive)
             if not done:
-                yield b": keep-alive\n\n"
+                yield None
                 continue
             task, pending = pending, None
             try:
-                event = task.result()
+                yield task.result()
             except StopAsyncIteration:
                 return
-            except Exception:
-                log.exception("event stream failed")
-                error = {
-                    "type": "error",
-                    "sequence_number": sequence,
-                    "code": "server_error",
-                    "message": "Internal server error",
-                    "param": None,
-                }
-                yield encode_event(error)
-                return
-            yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
-            sequence += 1
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
+
+
+async def sse_bytes(
+    events: AsyncIterator[dict[str, Any]],
+    keepalive: float = KEEPALIVE_SECONDS,
+    framing: Framing = "responses",
+) -> AsyncIterator[bytes]:
+    """Frame each event (Responses: stamped with ``sequence_number`` from 0); comments while
+    waiting. A failure mid-stream becomes a final error frame, never a cut stream."""
+    sequence = 0
+    try:
+        async for event in with_keepalives(events, keepalive):
+            if event is None:
+                yield KEEPALIVE
+            elif framing == "chat":
+                yield encode_data(event)
+            else:
+                yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
+                sequence += 1
+    except Exception:
+        log.exception("event stream failed")
+        error = {"code": "server_error", "message": "Internal server error", "param": None}
+        if framing == "chat":
+            yield encode_data({"error": {**error, "type": "server_error"}})
+        else:
+            yield encode_event({"type": "error", "sequence_number": sequence, **error})
+            return
+    if framing == "chat":
+        yield DONE
 
 
 class EventStreamResponse(StreamingResponse):
@@ -74,11 +99,11 @@ class EventStreamResponse(StreamingResponse):
         self,
         events: AsyncIterator[dict[str, Any]],
         on_close: Callable[[], None],
-        body: AsyncIterator[bytes] | None = None,
+        framing: Framing = "responses",
     ) -> None:
         self._events = events
         self._on_close = on_close
-        super().__init__(body if body is not None else sse_bytes(events), headers=HEADERS)
+        super().__init__(sse_bytes(events, framing=framing), headers=HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -7,22 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
+from egemma.api.deps import StoreDep
 from egemma.errors import NotFoundError
 from egemma.ratelimit import rate_limit
 from egemma.services.conversations import item_list
-from egemma.store.base import Store
 
 router = APIRouter(tags=["responses"], dependencies=[Depends(rate_limit("chat"))])
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-StoreDep = Annotated[Store, Depends(_store)]
 
 
 def _not_found(response_id: str) -> NotFoundError:

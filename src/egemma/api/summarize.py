@@ -16,11 +16,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from egemma.api.personas import persona_error, persona_registry
-from egemma.personas import PersonaError, PersonaRegistry
+from egemma.api.deps import SummarizeDep
 from egemma.ratelimit import rate_limit
-from egemma.services.summarize import SummarizeService, SummaryRequest
-from egemma.settings import Settings
+from egemma.services.summarize.service import SummaryRequest
 
 router = APIRouter(tags=["summaries"])
 
@@ -36,23 +34,6 @@ _EXAMPLE = {
 }
 
 
-async def summarize_service(
-    request: Request, registry: Annotated[PersonaRegistry, Depends(persona_registry)]
-) -> SummarizeService:
-    """The app's summary service, created on first use (on the event loop: no race)."""
-    state = request.app.state
-    service: SummarizeService | None = getattr(state, "summarize_service", None)
-    if service is None:
-        settings: Settings = state.settings
-        service = SummarizeService.create(settings, state.engines, registry)
-        state.summarize_service = service
-        state.shutdown_hooks.append(service.aclose)
-        gemini = state.engines.gemini
-        if gemini is not None and hasattr(gemini, "aclose"):
-            state.shutdown_hooks.append(gemini.aclose)
-    return service
-
-
 def _blank_to_none(value: str | None) -> str | None:
     return value if value is not None and value.strip() else None
 
@@ -66,7 +47,7 @@ def _blank_to_none(value: str | None) -> str | None:
 async def summarize(
     request: Request,
     file: Annotated[UploadFile, File(description="UTF-8 text; its extension picks the language.")],
-    service: Annotated[SummarizeService, Depends(summarize_service)],
+    service: SummarizeDep,
     persona: Annotated[
         str | None,
         Form(
@@ -99,9 +80,8 @@ async def summarize(
         Form(max_length=MAX_GOAL_CHARS, description="What the reader wants from the summary."),
     ] = None,
 ) -> dict[str, Any]:
-    settings: Settings = request.app.state.settings
     # One byte past the cap is enough to know the file is too large.
-    data = await file.read(settings.server.max_file_size_bytes + 1)
+    data = await file.read(service.max_file_size_bytes + 1)
     summary_request = SummaryRequest(
         filename=file.filename,
         data=data,
@@ -112,8 +92,5 @@ async def summarize(
         enable_safety=enable_safety,
         goal=_blank_to_none(goal),
     )
-    try:
-        result = await service.summarize(summary_request, request.is_disconnected)
-    except PersonaError as exc:
-        raise persona_error(exc) from None
+    result = await service.summarize(summary_request, request.is_disconnected)
     return result.body()

@@ -1,17 +1,23 @@
-"""Engine contracts: small Protocols and frozen dataclasses shared by every engine.
+"""Engine contracts: the Protocols every model runtime implements, and the frozen dataclasses that
+cross the boundary.
 
-Engines never import FastAPI or ``egemma.protocol``; services translate wire models into these
-dataclasses in exactly one place and back again.
+Engines never import FastAPI, ``egemma.protocol`` or ``egemma.services``; services turn wire
+requests into these dataclasses in exactly one place (``services/responses``) and read tokens
+and ``GenerationStats`` back. A chat engine owns its admission (a FIFO today, batched slots
+later): callers ``admit`` to get a ``Slot`` lease, ``generate`` while they hold it, and release
+it in every exit path.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 CapabilityState = Literal["loaded", "not_loaded", "disabled", "error"]
+FinishReason = Literal["stop", "length", "cancelled"]
+Disconnected = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -26,103 +32,152 @@ class CapabilityStatus:
 
 
 # --------------------------------------------------------------------------------------------
-# Chat: neutral conversation turns, rendered by a prompt format (Harmony or a GGUF template)
+# Chat
 # --------------------------------------------------------------------------------------------
 
-TurnKind = Literal[
-    "system", "developer", "user", "assistant", "reasoning", "tool_call", "tool_result"
-]
-
 
 @dataclass(frozen=True)
-class Turn:
-    """One item of a conversation, independent of the wire protocol.
+class SpecialTokens:
+    """The model's own begin/end-of-sequence tokens, as prompt formats need them.
 
-    - ``system`` / ``developer`` / ``user`` / ``assistant``: ``text``.
-    - ``reasoning``: the chain of thought of an earlier assistant turn in ``text``.
-    - ``tool_call``: ``name``, ``call_id``, ``arguments`` (a JSON string).
-    - ``tool_result``: ``call_id``, ``name`` (resolved from the matching call), ``text`` (output).
+    ``bos_id``/``eos_id`` are -1 when the vocabulary has none; ``add_bos`` says whether the model
+    expects the BOS token in front of every prompt (GGUF ``tokenizer.ggml.add_bos_token``).
     """
 
-    kind: TurnKind
-    text: str = ""
-    name: str | None = None
-    call_id: str | None = None
-    arguments: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A flat function tool: name, description and JSON Schema parameters (may be empty)."""
-
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    strict: bool = False
+    bos_id: int = -1
+    eos_id: int = -1
+    bos_text: str = ""
+    eos_text: str = ""
+    add_bos: bool = False
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to sample one generation. ``json_schema`` (canonical JSON text) constrains decoding
+    with a grammar built from it; generation ends at ``max_tokens``, an end-of-generation token
+    or one of ``stop_token_ids``."""
+
     max_tokens: int
     temperature: float = 0.3
     top_p: float = 0.95
     min_p: float = 0.05
     top_k: int = 0
-    seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
-    stop_strings: tuple[str, ...] = ()
-    grammar: str | None = None  # GBNF text; llama.cpp constrains decoding with it
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: prompt tokens, sampling, and the flag that stops it before the next
+    token (set by a departed client, the drain, or the caller's ``finally``)."""
+
+    prompt: tuple[int, ...]
+    params: SamplingParams
+    cancel: threading.Event
 
 
 @dataclass(frozen=True)
 class GeneratedToken:
-    """One decoded token: its id and the UTF-8 text it completes (may be '' mid-codepoint)."""
+    """One decoded token: its id and the UTF-8 text it completes (may be '' mid-codepoint;
+    id -1 carries a final flush of undecodable bytes)."""
 
     token_id: int
     text: str
 
 
-DeltaKind = Literal["reasoning", "text", "tool_call", "tool_arguments"]
+@dataclass
+class GenerationStats:
+    """Filled in by the engine while a generation runs; read by services for ``usage``."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason = "stop"
+
+
+class TokenStream(Protocol):
+    """The tokens of one generation as they are produced; ``stats`` is final once the stream
+    ends. Closing the stream early stops the generation."""
+
+    stats: GenerationStats
+
+    def __aiter__(self) -> AsyncIterator[GeneratedToken]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AdmissionError(Exception):
+    """Base of the reasons ``ChatEngine.admit`` refuses a caller."""
+
+
+class QueueFullError(AdmissionError):
+    """No room to wait."""
+
+
+class QueueTimeoutError(AdmissionError):
+    """Waited longer than the queue timeout."""
+
+
+class AdmissionClosedError(AdmissionError):
+    """The server is draining: no one may wait any more."""
+
+
+class ClientGoneError(AdmissionError):
+    """The client disconnected while waiting."""
+
+
+class Slot(Protocol):
+    """A lease on the model, from ``admit``. ``release`` is idempotent."""
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
-class OutputDelta:
-    """A piece of parsed model output, in the order it arrived.
+class AdmissionStats:
+    """What ``/metrics`` shows of one model's admission."""
 
-    - ``reasoning``: chain-of-thought text (Harmony ``analysis`` channel).
-    - ``text``: user-visible answer text (Harmony ``final`` channel, or plain template output).
-    - ``tool_call``: a new call starts; ``name`` is the function name. Its arguments follow as
-      ``tool_arguments`` deltas until another delta kind or the end.
-    """
-
-    kind: DeltaKind
-    text: str = ""
-    name: str | None = None
-
-
-class OutputParser(Protocol):
-    """Turns generated tokens into ``OutputDelta``s incrementally."""
-
-    def feed(self, token: GeneratedToken) -> list[OutputDelta]: ...
-
-    def finish(self) -> list[OutputDelta]: ...
+    depth: int
+    busy: bool
+    admitted: int
+    rejected: int
+    abandoned: int
 
 
 @runtime_checkable
 class ChatEngine(Protocol):
-    """One loaded llama.cpp model behind a bounded FIFO (one generation at a time)."""
+    """One loaded chat model: its facts, its tokenizer, its admission and its generations."""
 
     name: str
     n_ctx: int
+    architecture: str
+    chat_template: str | None
+    special: SpecialTokens
+    identity: str
+    """Names the weights for cache keys (the file path for a GGUF)."""
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Blocking: call from a worker thread. Safe while a generation runs."""
+        ...
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
-    def generate(
-        self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[GeneratedToken]:
-        """Blocking; run in a worker thread. Stops before the next token once ``cancel`` is set."""
+    def token_id(self, text: str) -> int | None:
+        """The id of a special token such as ``<end_of_turn>``, if it is a single token."""
+        ...
+
+    async def admit(self, is_disconnected: Disconnected | None = None) -> Slot:
+        """Wait for the model: raises an ``AdmissionError`` when full, too slow, closed or the
+        client left while waiting."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        """Stream a generation; the caller holds a ``Slot``."""
+        ...
+
+    def admission_stats(self) -> AdmissionStats: ...
+
+    def close_admission(self) -> None:
+        """Drain: turn away every waiter and every later caller; holders keep their slots."""
         ...
 
     def close(self) -> None: ...
@@ -154,10 +209,3 @@ class EmbeddingEngine(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def close(self) -> None: ...
-
-
-class AsyncCloseable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-AsyncTextStream = AsyncIterator[str]

@@ -1,10 +1,15 @@
-"""llama-cpp-python in-process: one model, one context, generation in a worker thread.
+"""llama-cpp-python in-process: one model, one context, generation on one worker thread.
 
-The ``Llama`` object is not thread-safe (concurrent calls segfault: llama-cpp-python #471,
-#1529), so exactly one generation runs at a time; ``egemma.engines.queue.ModelQueue`` admits
-callers in FIFO order. ``Llama.generate`` reuses the longest common token prefix of the previous
-call's KV cache, which is what makes a second turn cheap; ``cached_prefix`` reports it before
-the call.
+The ``Llama`` context is not thread-safe (concurrent decodes segfault: llama-cpp-python #471,
+#1529), so exactly one generation runs at a time; ``ModelQueue`` admits callers in FIFO order
+behind ``ChatEngine.admit``. ``Llama.generate`` reuses the longest common token prefix of the
+previous call's KV cache, which is what makes a second turn cheap; ``cached_prefix`` reports it
+before the call.
+
+Tokenizing is safe beside a running generation: ``Llama.tokenize``/``detokenize`` go through
+``LlamaModel`` to ``llama_tokenize``/``llama_token_to_piece`` on the read-only vocabulary, never
+the context (llama-server tokenizes in its HTTP threads while its slot loop decodes, too);
+``tests/e2e`` checks it under load.
 """
 
 from __future__ import annotations
@@ -16,26 +21,24 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egemma.engines.base import GeneratedToken, SamplingParams
+from egemma.engines.base import (
+    AdmissionStats,
+    Disconnected,
+    GeneratedToken,
+    GenerationRequest,
+    GenerationStats,
+    Slot,
+    SpecialTokens,
+    TokenStream,
+)
 from egemma.engines.queue import ModelQueue
+from egemma.engines.threaded import ThreadedTokenStream
 from egemma.settings import ChatSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerationStats:
-    """Filled in while a generation runs; read by the service for ``usage``."""
-
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"  # stop | length | cancelled
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _property_order(schema: Any) -> list[str]:
@@ -54,7 +57,7 @@ def _property_order(schema: Any) -> list[str]:
 
 
 class LlamaChatEngine:
-    """A loaded GGUF with its metadata, tokenizer and FIFO."""
+    """A loaded GGUF with its metadata, tokenizer and FIFO: a ``ChatEngine``."""
 
     def __init__(self, name: str, path: Path, llm: Any, settings: ChatSettings) -> None:
         import llama_cpp
@@ -62,18 +65,24 @@ class LlamaChatEngine:
         self._llama_cpp = llama_cpp
         self.name = name
         self.path = path
+        self.identity = str(path)
         self.llm = llm
         self.n_ctx: int = llm.n_ctx()
         self.metadata: dict[str, str] = dict(llm.metadata or {})
         self.architecture = self.metadata.get("general.architecture", "")
         self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
-        self.bos_token = self._token_text(llm.token_bos())
-        self.eos_token = self._token_text(llm.token_eos())
-        self.add_bos = self.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
-        self.queue = ModelQueue(settings.queue_size, settings.queue_timeout)
+        bos, eos = llm.token_bos(), llm.token_eos()
+        self.special = SpecialTokens(
+            bos_id=bos,
+            eos_id=eos,
+            bos_text=self._token_text(bos),
+            eos_text=self._token_text(eos),
+            add_bos=self.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false",
+        )
+        self._queue = ModelQueue(settings.queue_size, settings.queue_timeout)
         # Every generation of this model runs on this one thread, so llama.cpp's OpenMP team
         # stays bound to one master thread instead of following whichever pool thread is free.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
         self._lock = threading.Lock()
         self._grammar_cache: dict[str, Any] = {}
 
@@ -111,9 +120,9 @@ class LlamaChatEngine:
             return ""
         return bytes(self.llm.detokenize([token], special=True)).decode("utf-8", "replace")
 
-    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         tokens: list[int] = self.llm.tokenize(
-            text.encode("utf-8", "surrogatepass"), add_bos=add_bos, special=special
+            text.encode("utf-8", "surrogatepass"), add_bos=False, special=special
         )
         return tokens
 
@@ -128,6 +137,17 @@ class LlamaChatEngine:
         ids = self.tokenize(text, special=True)
         return ids[0] if len(ids) == 1 else None
 
+    # -- admission ----------------------------------------------------------------------------
+
+    async def admit(self, is_disconnected: Disconnected | None = None) -> Slot:
+        return await self._queue.admit(is_disconnected)
+
+    def admission_stats(self) -> AdmissionStats:
+        return self._queue.stats()
+
+    def close_admission(self) -> None:
+        self._queue.close()
+
     # -- generation ---------------------------------------------------------------------------
 
     def cached_prefix(self, prompt: Sequence[int]) -> int:
@@ -140,33 +160,30 @@ class LlamaChatEngine:
             n += 1
         return min(n, max(len(prompt) - 1, 0))
 
-    def _grammar(self, schema: dict[str, Any]) -> Any:
+    def _grammar(self, key: str) -> Any:
         from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
-        key = json.dumps(schema)
         grammar = self._grammar_cache.get(key)
         if grammar is None:
             # Keep the schema's own property order (the converter sorts alphabetically otherwise):
             # a call's "name" must come before its "arguments" so it can be streamed.
-            gbnf = json_schema_to_gbnf(key, prop_order=_property_order(schema))
+            gbnf = json_schema_to_gbnf(key, prop_order=_property_order(json.loads(key)))
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)
             if len(self._grammar_cache) > 64:
                 self._grammar_cache.clear()
             self._grammar_cache[key] = grammar
         return grammar
 
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        cancel: threading.Event,
-        stats: GenerationStats | None = None,
-        json_schema: dict[str, Any] | None = None,
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        return ThreadedTokenStream(self._generate, request, self._executor)
+
+    def _generate(
+        self, request: GenerationRequest, stats: GenerationStats
     ) -> Iterator[GeneratedToken]:
-        """Blocking token stream. Stops on an end-of-generation token, a stop token, the token
-        budget, or ``cancel`` (checked before every token)."""
-        stats = stats if stats is not None else GenerationStats()
-        grammar = self._grammar(json_schema) if json_schema is not None else None
+        """Blocking token loop on the engine's thread. Stops on an end-of-generation token, a
+        stop token, the token budget, or ``cancel`` (checked before every token)."""
+        prompt, params, cancel = request.prompt, request.params, request.cancel
+        grammar = self._grammar(params.json_schema) if params.json_schema is not None else None
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stop_ids = set(params.stop_token_ids)
         with self._lock:
@@ -207,7 +224,8 @@ class LlamaChatEngine:
                 yield GeneratedToken(-1, tail)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self._queue.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
         llm, self.llm = self.llm, None
         if llm is not None:
             close = getattr(llm, "close", None)

@@ -2,7 +2,8 @@
 
 Full → ``QueueFullError`` at once (the API answers 503 + Retry-After). A waiter whose client
 has left is dropped within one poll interval and never takes the slot (llama.cpp #13262;
-Ollama's scheduler skips cancelled requests the same way).
+Ollama's scheduler skips cancelled requests the same way). ``admit`` hands out a ``QueueSlot``
+lease; chat engines expose it as ``ChatEngine.admit``.
 """
 
 from __future__ import annotations
@@ -11,26 +12,29 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+
+from egemma.engines.base import (
+    AdmissionClosedError,
+    AdmissionStats,
+    ClientGoneError,
+    Disconnected,
+    QueueFullError,
+    QueueTimeoutError,
+)
 
 POLL_SECONDS = 0.25
 
 
-class QueueFullError(Exception):
-    """No room to wait."""
+class QueueSlot:
+    """The lease ``ModelQueue.admit`` hands out; releasing it twice releases once."""
 
+    def __init__(self, queue: ModelQueue) -> None:
+        self._queue: ModelQueue | None = queue
 
-class QueueTimeoutError(Exception):
-    """Waited longer than the queue timeout."""
-
-
-class ClientGoneError(Exception):
-    """The client disconnected while waiting."""
-
-
-class QueueClosedError(QueueFullError):
-    """The server is draining: no one may wait any more (a ``QueueFullError``, so every caller
-    already answers it with 503)."""
+    def release(self) -> None:
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.release()
 
 
 class ModelQueue:
@@ -52,9 +56,16 @@ class ModelQueue:
     def depth(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
-    async def acquire(self, is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> None:
+    def stats(self) -> AdmissionStats:
+        return AdmissionStats(self.depth, self._busy, self.admitted, self.rejected, self.abandoned)
+
+    async def admit(self, is_disconnected: Disconnected | None = None) -> QueueSlot:
+        await self.acquire(is_disconnected)
+        return QueueSlot(self)
+
+    async def acquire(self, is_disconnected: Disconnected | None = None) -> None:
         if self.closed:
-            raise QueueClosedError
+            raise AdmissionClosedError
         if not self._busy and not self.depth:
             self._busy = True
             self.admitted += 1
@@ -98,7 +109,7 @@ class ModelQueue:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(QueueClosedError())
+                waiter.set_exception(AdmissionClosedError())
 
     def release(self) -> None:
         while self._waiters:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from egemma.errors import InvalidRequestError, NotFoundError
-from egemma.services.items import Item, normalize_input, resolve_references
+from egemma.services.responses.items import Item, normalize_input, resolve_references
 from egemma.store.base import Order, Page, Store
 
 MAX_METADATA_PAIRS = 16

@@ -1,48 +1,51 @@
-"""Run one generation: wait for the model's FIFO, generate in a worker thread, stream tokens back.
+"""One owner per generation: admission, the drain's registry, metering and release.
 
-The worker thread checks a ``threading.Event`` before every token; cancelling the asyncio side
-alone would not stop the C loop (reliability.md §1). Every exit path sets the event.
+``GenerationRunner.start`` admits a request to its model (draining, a full queue or too long a
+wait → 503 with ``Retry-After``; a client gone while waiting → ``ClientLeftError``), registers
+its stop flag so a drain can end it, meters its events, and returns a ``Run`` whose ``close``
+frees the slot in every exit path (the SSE response's own ``finally``, or ``final``'s). The API
+only chooses JSON or SSE. ``complete_text`` is the same path for whole-text answers (summaries).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from egemma.engines.base import GeneratedToken, SamplingParams, Turn
-from egemma.engines.llamacpp import GenerationStats
-from egemma.engines.queue import (
+import anyio
+
+from egemma.engines.base import (
+    AdmissionClosedError,
+    ChatEngine,
     ClientGoneError,
-    QueueClosedError,
+    Disconnected,
+    GenerationRequest,
     QueueFullError,
     QueueTimeoutError,
+    SamplingParams,
+    Slot,
+    TokenStream,
 )
-from egemma.errors import InvalidRequestError, UnavailableError
-from egemma.services.context import ToolMode
-from egemma.services.prompting import PromptPlan, prompter_for
+from egemma.errors import ClientLeftError, DrainingError, InvalidRequestError, UnavailableError
+from egemma.lifecycle import Cancel, Generations
+from egemma.metrics import Metrics
+from egemma.services.prompting.plan import Prompter, PromptPlan
+from egemma.services.prompting.types import NO_TOOLS, Turn, feed_all
 
-Disconnected = Callable[[], Awaitable[bool]]
-
-_DONE = object()
-
-
-class ClientLeftError(Exception):
-    """The client went away while waiting; nothing is sent."""
+Event = dict[str, Any]
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+DISCONNECT_POLL_SECONDS = 0.25
 
 
-async def admit(engine: Any, is_disconnected: Disconnected | None) -> None:
-    """Wait in the engine's FIFO: draining, full queue or too long a wait → 503 with
-    ``Retry-After``; a client gone while waiting → ``ClientLeftError``."""
+async def admit(engine: ChatEngine, is_disconnected: Disconnected | None) -> Slot:
+    """Wait for ``engine``: its refusals become the API's errors, here and nowhere else."""
     try:
-        await engine.queue.acquire(is_disconnected)
-    except QueueClosedError:
-        raise UnavailableError(
-            "The server is shutting down.", retry_after=5, code="draining"
-        ) from None
+        return await engine.admit(is_disconnected)
+    except AdmissionClosedError:
+        raise DrainingError() from None
     except QueueFullError:
         raise UnavailableError(
             f"Model '{engine.name}' is busy: its queue is full. Retry shortly.", retry_after=2
@@ -55,58 +58,16 @@ async def admit(engine: Any, is_disconnected: Disconnected | None) -> None:
         raise ClientLeftError from None
 
 
-@asynccontextmanager
-async def model_slot(engine: Any, is_disconnected: Disconnected | None) -> AsyncIterator[None]:
-    """Hold the engine's slot for the block (see ``admit``)."""
-    await admit(engine, is_disconnected)
-    try:
-        yield
-    finally:
-        engine.queue.release()
+def generate(
+    engine: ChatEngine, plan: PromptPlan, params: SamplingParams, cancel: threading.Event
+) -> TokenStream:
+    """Start ``plan`` on ``engine`` (the caller holds a slot)."""
+    return engine.generate(GenerationRequest(tuple(plan.tokens), params, cancel))
 
 
-async def stream_tokens(
-    engine: Any,
-    plan: PromptPlan,
-    params: SamplingParams,
-    cancel: threading.Event,
-    stats: GenerationStats,
-) -> AsyncIterator[GeneratedToken]:
-    """Tokens from a worker thread, as they are produced. Caller must hold the model slot."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (shutdown): stop generating
-            cancel.set()
-
-    def worker() -> None:
-        try:
-            for token in engine.generate(plan.tokens, params, cancel, stats, plan.json_schema):
-                put(token)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
-        finally:
-            put(_DONE)
-
-    future = loop.run_in_executor(getattr(engine, "executor", None), worker)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        cancel.set()
-        if not future.done():
-            future.add_done_callback(lambda f: f.exception())
-
-
-def check_context(engine: Any, plan: PromptPlan, max_tokens: int | None, default: int) -> int:
+def check_context(
+    engine: ChatEngine, plan: PromptPlan, max_tokens: int | None, default: int
+) -> int:
     """The output budget: explicit budgets must fit (400), the default shrinks to what is left."""
     room = engine.n_ctx - len(plan.tokens)
     if room <= 0 or (max_tokens is not None and max_tokens > room):
@@ -120,6 +81,88 @@ def check_context(engine: Any, plan: PromptPlan, max_tokens: int | None, default
     return max_tokens if max_tokens is not None else min(default, room)
 
 
+class Run:
+    """An admitted generation: its metered events and the one ``close`` that ends it."""
+
+    def __init__(
+        self,
+        events: AsyncIterator[Event],
+        cancel: Cancel,
+        slot: Slot,
+        generations: Generations,
+    ) -> None:
+        self.events = events
+        self.cancel = cancel
+        self._slot = slot
+        self._generations = generations
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop generating, free the slot, leave the drain's registry. Idempotent."""
+        self.cancel.set()
+        if not self._closed:
+            self._closed = True
+            self._slot.release()
+            self._generations.discard(self.cancel)
+
+    async def final(self, is_disconnected: Disconnected | None = None) -> Event:
+        """Run to the end for a JSON answer: the final response object. A client that hangs
+        up stops the generation at once (``ClientLeftError``: nobody reads the answer)."""
+        watcher = asyncio.create_task(self._watch(is_disconnected))
+        final: Event | None = None
+        try:
+            async for event in self.events:
+                if event["type"] in TERMINAL:
+                    final = event["response"]
+        finally:
+            self.close()
+            watcher.cancel()
+        if final is None:
+            raise ClientLeftError
+        return final
+
+    async def _watch(self, is_disconnected: Disconnected | None) -> None:
+        if is_disconnected is None:
+            return
+        while not self.cancel.is_set():
+            if await is_disconnected():
+                self.cancel.set()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+
+class GenerationRunner:
+    """Starts every streamed generation (Responses and chat completions)."""
+
+    def __init__(self, generations: Generations, metrics: Metrics) -> None:
+        self.generations = generations
+        self.metrics = metrics
+
+    async def start(
+        self,
+        engine: ChatEngine,
+        events: Callable[[Cancel], AsyncIterator[Event]],
+        is_disconnected: Disconnected | None = None,
+    ) -> Run:
+        """Admit, register and meter ``events(cancel)``; the caller must ``close`` the run."""
+        if self.generations.draining:
+            raise DrainingError()
+        try:
+            slot = await admit(engine, is_disconnected)
+        except ClientLeftError:
+            self.metrics.client_left("queued")
+            raise
+        cancel = Cancel()
+        self.generations.add(cancel)
+        metered = self.metrics.observe(engine.name, events(cancel))
+        return Run(metered, cancel, slot, self.generations)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-text answers (summaries)
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass
 class CompletionResult:
     text: str
@@ -128,48 +171,46 @@ class CompletionResult:
     finish_reason: str
 
 
-def plain_plan(engine: Any, turns: Sequence[Turn], family: str, data_dir: Any) -> PromptPlan:
-    prompter = prompter_for(engine, family, data_dir)
-    return prompter.plan(
-        turns, instructions=None, tool_mode=ToolMode("none", ()), effort="low", text=None
-    )
+def plain_plan(prompter: Prompter, turns: Sequence[Turn]) -> PromptPlan:
+    """A tool-free, low-effort prompt. Blocking: call off the event loop."""
+    return prompter.plan(turns, instructions=None, tool_mode=NO_TOOLS, effort="low", text=None)
 
 
-async def count_prompt_tokens(
-    engine: Any, turns: Sequence[Turn], *, family: str = "auto", data_dir: Any = None
-) -> int:
-    return len(plain_plan(engine, turns, family, data_dir).tokens)
+async def count_prompt_tokens(prompter: Prompter, turns: Sequence[Turn]) -> int:
+    plan = await anyio.to_thread.run_sync(plain_plan, prompter, turns)
+    return len(plan.tokens)
 
 
 async def complete_text(
-    engine: Any,
+    engine: ChatEngine,
+    prompter: Prompter,
     turns: list[Turn],
     *,
     max_tokens: int,
     temperature: float,
     is_disconnected: Disconnected | None = None,
-    family: str = "auto",
-    data_dir: Any = None,
 ) -> CompletionResult:
     """A whole text answer (summaries): the visible text only, reasoning dropped."""
-    plan = plain_plan(engine, turns, family, data_dir)
+    plan = await anyio.to_thread.run_sync(plain_plan, prompter, turns)
     budget = check_context(engine, plan, max_tokens, max_tokens)
     params = SamplingParams(
         max_tokens=budget, temperature=temperature, stop_token_ids=plan.stop_token_ids
     )
     parser = plan.make_parser()
-    cancel = threading.Event()
-    stats = GenerationStats()
     parts: list[str] = []
-    async with model_slot(engine, is_disconnected):
-        for token_id in plan.prefill:
-            parser.feed(GeneratedToken(token_id, ""))
-        async for token in stream_tokens(engine, plan, params, cancel, stats):
+    slot = await admit(engine, is_disconnected)
+    stream = generate(engine, plan, params, threading.Event())
+    try:
+        feed_all(parser, plan.prefill)
+        async for token in stream:
             parts += [d.text for d in parser.feed(token) if d.kind == "text"]
         parts += [d.text for d in parser.finish() if d.kind == "text"]
+    finally:
+        await stream.aclose()
+        slot.release()
     return CompletionResult(
         text="".join(parts).strip(),
-        prompt_tokens=stats.prompt_tokens,
-        completion_tokens=stats.completion_tokens,
-        finish_reason=stats.finish_reason,
+        prompt_tokens=stream.stats.prompt_tokens,
+        completion_tokens=stream.stats.completion_tokens,
+        finish_reason=stream.stats.finish_reason,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from egemma.errors import InvalidRequestError, error_body
+
 # Canonical names answered in the document's "language" field, in the order we document them.
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("python", "javascript", "typescript", "go", "rust", "java")
 
@@ -21,12 +23,14 @@ _ALIASES = {
 GRAMMAR_VARIANTS = {"tsx": "tsx"}
 
 
-class AstSourceError(Exception):
+class AstSourceError(InvalidRequestError):
     """The source cannot be turned into a document: syntax error, too large, too deep, too slow.
 
     ``line`` and ``column`` are 1-based when known. ``recycle`` tells the worker process to exit
     after answering (its interpreter state may be degraded after MemoryError/RecursionError).
     """
+
+    default_code = "invalid_source"
 
     def __init__(
         self,
@@ -36,11 +40,13 @@ class AstSourceError(Exception):
         column: int | None = None,
         recycle: bool = False,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, param="file", code="syntax_error" if line is not None else None)
         self.line = line
         self.column = column
         self.recycle = recycle
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.describe(), self.error_type, self.param, self.code)
 
     def to_dict(self) -> dict[str, Any]:
         return {"message": self.message, "line": self.line, "column": self.column}
@@ -53,15 +59,17 @@ class AstSourceError(Exception):
         return f"{self.message} ({where})"
 
 
-class UnsupportedLanguageError(ValueError):
-    """The requested language has no extractor."""
+class UnsupportedLanguageError(InvalidRequestError):
+    """The requested language has no extractor (a 400)."""
+
+    default_code = "unsupported_language"
 
     def __init__(self, language: str) -> None:
         shown = language[:40]
         super().__init__(
-            f"Language '{shown}' not supported. Supported: {', '.join(SUPPORTED_LANGUAGES)}."
+            f"Language '{shown}' not supported. Supported: {', '.join(SUPPORTED_LANGUAGES)}.",
+            param="language",
         )
-        self.message = str(self)
 
 
 def normalize_language(language: str) -> tuple[str, str]:

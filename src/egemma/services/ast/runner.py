@@ -25,7 +25,9 @@ from typing import IO, Any
 
 import anyio.to_thread
 
+from egemma.errors import UnavailableError
 from egemma.services.ast.common import AstSourceError, normalize_language
+from egemma.settings import AstSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,15 @@ _STARTUP_SECONDS = 30.0
 class AstSourceTooLargeError(AstSourceError):
     """The upload is over the AST size cap (a 413, not a 400)."""
 
+    status_code = 413
+    default_code = "payload_too_large"
 
-class AstUnavailableError(RuntimeError):
+
+class AstUnavailableError(UnavailableError, RuntimeError):
     """No worker free in time, the service is closed, or a worker could not start (a 503)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1)
 
 
 class AstInternalError(RuntimeError):
@@ -172,12 +180,25 @@ class AstService:
     """``parse(data, language)`` → the ``/parse-ast`` document, through a bounded worker pool."""
 
     def __init__(self, limits: AstLimits | None = None) -> None:
+        # Workers start on first use: building the service costs nothing.
         self.limits = limits or AstLimits()
         self._all = [_Worker(self.limits) for _ in range(max(1, self.limits.workers))]
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # warm workers first
         for worker in self._all:
             self._idle.put(worker)
         self._closed = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: AstSettings) -> AstService:
+        return cls(
+            AstLimits(
+                max_source_bytes=settings.max_source_bytes,
+                timeout_seconds=settings.timeout_seconds,
+                memory_bytes=settings.memory_mb * 1024 * 1024,
+                workers=settings.workers,
+                max_jobs_per_worker=settings.max_jobs_per_worker,
+            )
+        )
 
     async def parse(self, data: bytes, language: str) -> dict[str, Any]:
         """Validate, then parse off the event loop. Raises the errors of :meth:`parse_sync`."""
@@ -211,6 +232,9 @@ class AstService:
         """Start every worker now (optional; otherwise each starts on first use)."""
         for worker in self._all:
             worker._ensure()
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)
 
     def close(self) -> None:
         self._closed.set()

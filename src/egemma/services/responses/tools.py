@@ -1,20 +1,13 @@
-"""Official items (``services/items.py``) → neutral ``Turn``s, and request tools → ``ToolSpec``s.
-
-This is the one place where wire items become what prompt formats render. Tool results find their
-function name through the ``call_id`` of an earlier call; an unknown ``call_id`` is a 400 naming
-the item (Harmony needs the name: ``functions.<name>`` is the author of a tool message).
-"""
+"""Request tools → ``ToolSpec``s and ``tool_choice`` → ``ToolMode``, with the bounds that keep
+hostile schemas out of the grammar compiler (a 400, never a 500 or a runaway compile)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from egemma.engines.base import ToolSpec, Turn
 from egemma.errors import InvalidRequestError
-
-Item = dict[str, Any]
+from egemma.services.prompting.types import ToolMode, ToolSpec
 
 MAX_TOOLS = 128
 MAX_TOOLS_JSON_BYTES = 256 * 1024
@@ -22,68 +15,6 @@ MAX_SCHEMA_DEPTH = 32
 # Regex and enum caps: grammar compilers recurse on patterns (llama.cpp #25283, #19008).
 MAX_PATTERN_CHARS = 1024
 MAX_ENUM_VALUES = 1024
-
-
-def _text_of(parts: Any, *, param: str) -> str:
-    if isinstance(parts, str):
-        return parts
-    texts: list[str] = []
-    for j, part in enumerate(parts or []):
-        kind = part.get("type")
-        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
-            texts.append(str(part.get("text", "")))
-        elif kind == "refusal":
-            texts.append(str(part.get("refusal", "")))
-        else:
-            raise InvalidRequestError(
-                f"Content part type '{kind}' is not supported by the local text models.",
-                param=f"{param}[{j}].type",
-                code="unsupported_content",
-            )
-    return "\n".join(t for t in texts if t)
-
-
-def items_to_turns(items: list[Item], *, param: str = "input") -> list[Turn]:
-    turns: list[Turn] = []
-    call_names: dict[str, str] = {}
-    for i, item in enumerate(items):
-        where = f"{param}[{i}]"
-        kind = item.get("type")
-        if kind == "message":
-            role = item["role"]
-            text = _text_of(item.get("content"), param=f"{where}.content")
-            turns.append(Turn(kind=role, text=text))
-        elif kind == "function_call":
-            call_names[item["call_id"]] = item["name"]
-            turns.append(
-                Turn(
-                    kind="tool_call",
-                    name=item["name"],
-                    call_id=item["call_id"],
-                    arguments=item.get("arguments") or "{}",
-                )
-            )
-        elif kind == "function_call_output":
-            call_id = item["call_id"]
-            if call_id not in call_names:
-                raise InvalidRequestError(
-                    f"No function call found for call_id '{call_id}'.",
-                    param=f"{where}.call_id",
-                    code="unknown_call_id",
-                )
-            output = item.get("output")
-            text = output if isinstance(output, str) else _text_of(output, param=f"{where}.output")
-            turns.append(
-                Turn(kind="tool_result", name=call_names[call_id], call_id=call_id, text=text)
-            )
-        elif kind == "reasoning":
-            content = item.get("content") or item.get("summary") or []
-            text = _text_of(content, param=f"{where}.content")
-            if text:
-                turns.append(Turn(kind="reasoning", text=text))
-        else:
-            raise InvalidRequestError(f"Item type '{kind}' cannot be used as input.", param=where)
-    return turns
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -207,18 +138,6 @@ def parse_tools(tools: list[Any] | None, *, param: str = "tools") -> list[ToolSp
 
 def _valid_name(name: str) -> bool:
     return 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
-
-
-@dataclass(frozen=True)
-class ToolMode:
-    """What the request allows: ``none``, ``auto`` or ``required`` over ``tools``."""
-
-    mode: str
-    tools: tuple[ToolSpec, ...]
-
-    @property
-    def offered(self) -> tuple[ToolSpec, ...]:
-        return () if self.mode == "none" else self.tools
 
 
 def parse_tool_choice(

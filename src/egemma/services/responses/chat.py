@@ -1,18 +1,23 @@
 """Chat completions on the Responses machinery: messages → items, Responses events → chunks.
 
-Older clients get the same engine, prompt families, grammars and tool handling as
-``/v1/responses``; only the wire shape differs (responses-protocol.md §8).
+Older clients get the same engine, prompt families, grammars, tool handling and generation owner
+as ``/v1/responses``; only the wire shape differs (responses-protocol.md §8). The chunks are
+plain payloads: ``api/sse.py`` frames them (``data:`` lines, keep-alives, ``[DONE]``).
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+from egemma.engines.base import Disconnected
 from egemma.errors import InvalidRequestError
 from egemma.ids import new_id
 from egemma.protocol.responses import ChatCompletionRequest, ResponsesRequest
+from egemma.services.generation import TERMINAL, Run
+from egemma.services.responses.service import Prepared, ResponsesService
 
 Item = dict[str, Any]
 
@@ -228,9 +233,60 @@ def completion(response: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def done_line() -> bytes:
-    return b"data: [DONE]\n\n"
+STREAM_FAILED = {
+    "error": {
+        "message": "Generation failed.",
+        "type": "server_error",
+        "param": None,
+        "code": "server_error",
+    }
+}
 
 
-def data_line(payload: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+@dataclass(frozen=True)
+class ChatPrepared:
+    prepared: Prepared
+    model: str
+    include_usage: bool
+
+
+class ChatCompletionsService:
+    """``/v1/chat/completions`` through the Responses service's generation path."""
+
+    def __init__(self, responses: ResponsesService) -> None:
+        self.responses = responses
+
+    async def prepare(self, body: ChatCompletionRequest) -> ChatPrepared:
+        prepared = await self.responses.prepare(to_responses_request(body))
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return ChatPrepared(prepared, body.model or prepared.engine.name, include_usage)
+
+    async def start(self, p: ChatPrepared, is_disconnected: Disconnected | None = None) -> Run:
+        return await self.responses.start(p.prepared, is_disconnected)
+
+    async def chunks(self, p: ChatPrepared, run: Run) -> AsyncIterator[dict[str, Any]]:
+        """``chat.completion.chunk`` payloads for a streamed run (an error payload on failure,
+        a usage chunk when asked)."""
+        mapper = ChunkMapper(p.model)
+        try:
+            async for event in run.events:
+                for payload in mapper.map(event):
+                    yield payload
+                if event["type"] == "response.failed":
+                    yield STREAM_FAILED
+                if event["type"] in TERMINAL and p.include_usage:
+                    yield {
+                        "id": mapper.id,
+                        "object": "chat.completion.chunk",
+                        "created": mapper.created,
+                        "model": mapper.model,
+                        "choices": [],
+                        "usage": usage(event["response"]),
+                    }
+        finally:
+            await run.events.aclose()  # type: ignore[attr-defined]
+
+    async def complete(
+        self, p: ChatPrepared, run: Run, is_disconnected: Disconnected | None = None
+    ) -> dict[str, Any]:
+        return completion(await run.final(is_disconnected), p.model)

@@ -22,8 +22,8 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from egemma.engines.base import ToolSpec, Turn
 from egemma.errors import InvalidRequestError
+from egemma.services.prompting.types import ToolSpec, Turn
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"

@@ -13,9 +13,10 @@ import json
 import time
 from typing import Any
 
-from egemma.engines.base import OutputDelta, ToolSpec
+from egemma.engines.base import GenerationStats
 from egemma.ids import new_id
 from egemma.protocol.responses import ResponsesRequest
+from egemma.services.prompting.types import OutputDelta, ToolSpec
 
 Event = dict[str, Any]
 
@@ -256,7 +257,7 @@ def _copy(item: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(item))  # type: ignore[no-any-return]
 
 
-def usage_of(stats: Any, reasoning: int) -> dict[str, Any]:
+def usage_of(stats: GenerationStats, reasoning: int) -> dict[str, Any]:
     """The ``usage`` object from generation stats (counts from the model's own tokenizer)."""
     return {
         "input_tokens": stats.prompt_tokens,
@@ -269,7 +270,7 @@ def usage_of(stats: Any, reasoning: int) -> dict[str, Any]:
 
 def new_response(
     req: ResponsesRequest,
-    engine: Any,
+    model: str,
     tools: list[ToolSpec],
     metadata: dict[str, str],
     effort: str,
@@ -297,7 +298,7 @@ def new_response(
         "max_output_tokens": req.max_output_tokens,
         "max_tool_calls": req.max_tool_calls,
         "metadata": metadata,
-        "model": req.model or engine.name,
+        "model": req.model or model,
         "output": [],
         "parallel_tool_calls": req.parallel_tool_calls
         if req.parallel_tool_calls is not None

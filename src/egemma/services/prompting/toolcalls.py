@@ -10,8 +10,9 @@ import json
 import re
 from collections.abc import Sequence
 
-from egemma.engines.base import GeneratedToken, OutputDelta, ToolSpec
-from egemma.services.templates import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TURN_END_MARKERS
+from egemma.engines.base import GeneratedToken
+from egemma.services.prompting.templates import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TURN_END_MARKERS
+from egemma.services.prompting.types import OutputDelta, ToolSpec
 
 
 def _partial_suffix(text: str, marker: str) -> int:

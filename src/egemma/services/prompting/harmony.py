@@ -29,8 +29,9 @@ from openai_harmony import (
     ToolDescription,
 )
 
-from egemma.engines.base import DeltaKind, GeneratedToken, OutputDelta, ToolSpec, Turn
-from egemma.engines.harmony_vocab import ensure_harmony_vocab, load_encoding
+from egemma.engines.base import GeneratedToken
+from egemma.services.prompting.harmony_vocab import ensure_harmony_vocab, load_encoding
+from egemma.services.prompting.types import DeltaKind, OutputDelta, ToolSpec, Turn
 
 if TYPE_CHECKING:
     from openai_harmony import HarmonyEncoding

@@ -1,0 +1,89 @@
+"""Dependencies that hand routers the app's typed state and its services (built once in the
+lifespan: ``state.py``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from egemma.errors import DrainingError, UnavailableError
+from egemma.personas import PersonaRegistry
+from egemma.services.ast import AstService
+from egemma.services.conversations import ConversationService
+from egemma.services.embeddings.service import EmbeddingService
+from egemma.services.responses.chat import ChatCompletionsService
+from egemma.services.responses.service import ResponsesService
+from egemma.services.summarize.service import SummarizeService
+from egemma.state import AppState, Services
+from egemma.store.base import Store
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.egemma
+    return state
+
+
+def services(request: Request) -> Services:
+    built = app_state(request).services
+    if built is None:
+        raise UnavailableError("The server is starting.", retry_after=2, code="starting")
+    return built
+
+
+async def refuse_when_draining(request: Request) -> None:
+    """On every protected route: while draining, new work (any write) gets 503."""
+    if app_state(request).draining and request.method not in SAFE_METHODS:
+        raise DrainingError()
+
+
+def _responses(request: Request) -> ResponsesService:
+    return services(request).responses
+
+
+def _chat(request: Request) -> ChatCompletionsService:
+    return services(request).chat
+
+
+def _conversations(request: Request) -> ConversationService:
+    return services(request).conversations
+
+
+def _summarize(request: Request) -> SummarizeService:
+    return services(request).summarize
+
+
+def _ast(request: Request) -> AstService:
+    return services(request).ast
+
+
+def _personas(request: Request) -> PersonaRegistry:
+    return services(request).personas
+
+
+def _store(request: Request) -> Store:
+    return app_state(request).store
+
+
+def _embeddings(request: Request) -> EmbeddingService:
+    service = services(request).embeddings
+    if service is None:
+        status = app_state(request).engines.capability("embeddings")
+        reason = status.reason or status.status.replace("_", " ")
+        raise UnavailableError(
+            f"The embedding model is not available ({reason}).", code="model_not_loaded"
+        )
+    return service
+
+
+StateDep = Annotated[AppState, Depends(app_state)]
+ResponsesDep = Annotated[ResponsesService, Depends(_responses)]
+ChatDep = Annotated[ChatCompletionsService, Depends(_chat)]
+ConversationsDep = Annotated[ConversationService, Depends(_conversations)]
+SummarizeDep = Annotated[SummarizeService, Depends(_summarize)]
+AstDep = Annotated[AstService, Depends(_ast)]
+PersonasDep = Annotated[PersonaRegistry, Depends(_personas)]
+StoreDep = Annotated[Store, Depends(_store)]
+EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]

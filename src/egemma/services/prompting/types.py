@@ -1,0 +1,90 @@
+"""What prompt formats render and parse: neutral turns and tools in, output deltas out.
+
+Independent of the wire protocol (``services/responses`` converts items into these) and of the
+engine (which only sees token ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from egemma.engines.base import GeneratedToken
+
+TurnKind = Literal[
+    "system", "developer", "user", "assistant", "reasoning", "tool_call", "tool_result"
+]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One item of a conversation, independent of the wire protocol.
+
+    - ``system`` / ``developer`` / ``user`` / ``assistant``: ``text``.
+    - ``reasoning``: the chain of thought of an earlier assistant turn in ``text``.
+    - ``tool_call``: ``name``, ``call_id``, ``arguments`` (a JSON string).
+    - ``tool_result``: ``call_id``, ``name`` (resolved from the matching call), ``text`` (output).
+    """
+
+    kind: TurnKind
+    text: str = ""
+    name: str | None = None
+    call_id: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A flat function tool: name, description and JSON Schema parameters (may be empty)."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ToolMode:
+    """What the request allows: ``none``, ``auto`` or ``required`` over ``tools``."""
+
+    mode: str
+    tools: tuple[ToolSpec, ...]
+
+    @property
+    def offered(self) -> tuple[ToolSpec, ...]:
+        return () if self.mode == "none" else self.tools
+
+
+NO_TOOLS = ToolMode("none", ())
+
+DeltaKind = Literal["reasoning", "text", "tool_call", "tool_arguments"]
+
+
+@dataclass(frozen=True)
+class OutputDelta:
+    """A piece of parsed model output, in the order it arrived.
+
+    - ``reasoning``: chain-of-thought text (Harmony ``analysis`` channel).
+    - ``text``: user-visible answer text (Harmony ``final`` channel, or plain template output).
+    - ``tool_call``: a new call starts; ``name`` is the function name. Its arguments follow as
+      ``tool_arguments`` deltas until another delta kind or the end.
+    """
+
+    kind: DeltaKind
+    text: str = ""
+    name: str | None = None
+
+
+class OutputParser(Protocol):
+    """Turns generated tokens into ``OutputDelta``s incrementally."""
+
+    def feed(self, token: GeneratedToken) -> list[OutputDelta]: ...
+
+    def finish(self) -> list[OutputDelta]: ...
+
+
+def feed_all(parser: OutputParser, tokens: Sequence[int]) -> None:
+    """Feed tokens the prompt already holds (a prefilled channel header) to ``parser``."""
+    for token_id in tokens:
+        parser.feed(GeneratedToken(token_id, ""))

@@ -1,0 +1,255 @@
+"""The Responses service: request → context → prompt → generation → events → stored response.
+
+``prepare`` does every check that can fail with a 4xx before anything is queued or streamed
+(prompt rendering and tokenizing run in a worker thread); ``start`` hands the prepared request
+to the ``GenerationRunner``, which admits it and owns it to the end; ``events`` yields the
+canonical event sequence, ending in exactly one terminal event unless the client left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+import jsonschema
+
+from egemma.engines.base import (
+    ChatEngine,
+    Disconnected,
+    GenerationStats,
+    SamplingParams,
+    TokenStream,
+)
+from egemma.lifecycle import Cancel
+from egemma.protocol.responses import ResponsesRequest
+from egemma.runtime import Engines
+from egemma.services.conversations import validate_metadata
+from egemma.services.generation import Event, GenerationRunner, Run, check_context, generate
+from egemma.services.prompting.formats import PromptFormats
+from egemma.services.prompting.plan import PromptPlan
+from egemma.services.prompting.types import ToolMode, ToolSpec, Turn, feed_all
+from egemma.services.responses.context import Context, load_context, resolve_engine
+from egemma.services.responses.events import ResponseBuilder, new_response, usage_of
+from egemma.services.responses.tools import check_text_format, parse_tool_choice, parse_tools
+from egemma.services.responses.truncation import truncate
+from egemma.services.responses.turns import items_to_turns
+from egemma.settings import Settings
+from egemma.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    engine: ChatEngine
+    plan: PromptPlan
+    params: SamplingParams
+    builder: ResponseBuilder
+    tool_mode: ToolMode
+    context: Context
+    store: bool
+
+
+@dataclass
+class _Draft:
+    engine: ChatEngine
+    tools: list[ToolSpec]
+    tool_mode: ToolMode
+    context: Context
+    effort: str
+    plan_for: Callable[[list[Turn]], PromptPlan]
+    turns: list[Turn]
+
+
+class ResponsesService:
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        store: Store,
+        prompts: PromptFormats,
+        runner: GenerationRunner,
+    ) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.store = store
+        self.prompts = prompts
+        self.runner = runner
+
+    # -- preparation --------------------------------------------------------------------------
+
+    async def _draft(self, req: ResponsesRequest) -> _Draft:
+        """Everything a request implies before budgets: engine, tools, context, turns."""
+        chat = self.settings.chat
+        engine = resolve_engine(self.engines, chat, req.model)
+        tools = parse_tools(req.tools)
+        tool_mode = parse_tool_choice(req.tool_choice, tools)
+        context = await load_context(self.store, req)
+        effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
+        text = req.text.model_dump(exclude_none=True) if req.text else None
+        check_text_format(text)
+        prompter = await self.prompts.get(engine)
+        plan = partial(
+            prompter.plan,
+            instructions=req.instructions,
+            tool_mode=tool_mode,
+            effort=effort,
+            text=text,
+        )
+        turns = items_to_turns(context.items)
+        return _Draft(engine, tools, tool_mode, context, effort, plan, turns)
+
+    async def prepare(self, req: ResponsesRequest) -> Prepared:
+        metadata = validate_metadata(req.metadata)
+        d = await self._draft(req)
+        engine, chat = d.engine, self.settings.chat
+        if req.truncation == "auto":
+            plan = await anyio.to_thread.run_sync(
+                truncate, d.plan_for, d.turns, engine.n_ctx, req.max_output_tokens
+            )
+        else:
+            plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
+        budget = check_context(engine, plan, req.max_output_tokens, chat.max_tokens)
+        temperature = req.temperature if req.temperature is not None else chat.temperature
+        top_p = req.top_p if req.top_p is not None else chat.top_p
+        params = SamplingParams(
+            max_tokens=budget,
+            temperature=temperature,
+            top_p=top_p,
+            min_p=chat.min_p,
+            top_k=chat.top_k,
+            stop_token_ids=plan.stop_token_ids,
+            json_schema=plan.grammar_key(),
+        )
+        store = req.store is not False
+        conversation_id = d.context.conversation_id
+        response = new_response(
+            req,
+            engine.name,
+            d.tools,
+            metadata,
+            d.effort,
+            store,
+            conversation_id,
+            temperature,
+            top_p,
+        )
+        summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
+        builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in d.tools})
+        return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store)
+
+    async def count_input_tokens(self, req: ResponsesRequest) -> int:
+        d = await self._draft(req)
+        plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
+        return len(plan.tokens)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    async def start(self, p: Prepared, is_disconnected: Disconnected | None = None) -> Run:
+        """Admit ``p`` to its model; the returned run owns the generation until ``close``."""
+        return await self.runner.start(p.engine, partial(self.events, p), is_disconnected)
+
+    async def events(self, p: Prepared, cancel: threading.Event) -> AsyncIterator[Event]:
+        """The whole event sequence. The caller holds ``p.engine``'s slot."""
+        builder = p.builder
+        stream = generate(p.engine, p.plan, p.params, cancel)
+        stats = stream.stats
+        for event in builder.start():
+            yield event
+        counter = [0]
+        try:
+            async for event in self._deltas(p, stream, counter):
+                yield event
+            if stats.finish_reason == "cancelled":
+                stopped_by = cancel.reason if isinstance(cancel, Cancel) else None
+                if stopped_by is None:
+                    return  # the client left: nobody to tell
+                error = {"code": stopped_by, "message": "The server is shutting down; retry."}
+                for event in builder.finish("failed", usage_of(stats, counter[0]), error=error):
+                    yield event
+                return
+        except Exception:
+            log.exception("generation failed")
+            error = {"code": "server_error", "message": "Generation failed."}
+            for event in builder.finish("failed", usage_of(stats, counter[0]), error=error):
+                yield event
+            return
+        finally:
+            await stream.aclose()
+        for event in await self._finish(p, stats, counter[0]):
+            yield event
+
+    async def _deltas(
+        self, p: Prepared, stream: TokenStream, reasoning: list[int]
+    ) -> AsyncIterator[Event]:
+        parser = p.plan.make_parser()
+        feed_all(parser, p.plan.prefill)
+        async for token in stream:
+            deltas = parser.feed(token)
+            if any(d.kind == "reasoning" for d in deltas):
+                reasoning[0] += 1
+            for delta in deltas:
+                for event in p.builder.feed(delta):
+                    yield event
+        if stream.stats.finish_reason != "cancelled":
+            for delta in parser.finish():
+                for event in p.builder.feed(delta):
+                    yield event
+
+    async def _finish(self, p: Prepared, stats: GenerationStats, reasoning: int) -> list[Event]:
+        builder = p.builder
+        usage = usage_of(stats, reasoning)
+        problem = self._check_calls(p)
+        if problem:
+            return builder.finish(
+                "failed", usage, error={"code": "invalid_tool_call", "message": problem}
+            )
+        if stats.finish_reason == "length":
+            events = builder.finish("incomplete", usage, incomplete_reason="max_output_tokens")
+        else:
+            events = builder.finish("completed", usage)
+        try:
+            await self._persist(p)
+        except Exception as exc:  # the answer exists but could not be kept: say so, don't 500
+            log.error("could not store response %s: %s", builder.response["id"], exc)
+            builder.response["status"] = "failed"
+            builder.response["error"] = {
+                "code": "store_unavailable",
+                "message": "The response was generated but could not be stored; retry.",
+            }
+            events[-1] = {"type": "response.failed", "response": builder.snapshot()}
+        return events
+
+    def _check_calls(self, p: Prepared) -> str | None:
+        """Every call names an offered tool and its arguments validate against its parameters."""
+        offered = {t.name: t for t in p.tool_mode.offered}
+        for item in p.builder.output:
+            if item["type"] != "function_call" or item["status"] != "completed":
+                continue
+            tool = offered.get(item["name"])
+            if tool is None:
+                return f"The model called '{item['name']}', which is not an offered tool."
+            try:
+                args = json.loads(item["arguments"] or "{}")
+                jsonschema.validate(args, tool.parameters or {"type": "object"})
+            except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
+                reason = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
+                return f"The model's call to '{tool.name}' has invalid arguments: {reason}"
+        return None
+
+    async def _persist(self, p: Prepared) -> None:
+        response = p.builder.response
+        context = p.context
+        if p.store:
+            await self.store.responses.save(response, context.new_items)
+        if context.conversation_id:
+            # Items the client replayed from the conversation are already in it.
+            known = {i["id"] for i in context.history if "id" in i}
+            fresh = [i for i in context.new_items if i.get("id") not in known]
+            outputs = [dict(item) for item in response["output"]]
+            await self.store.conversations.add_items(context.conversation_id, [*fresh, *outputs])
