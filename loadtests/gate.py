@@ -112,26 +112,8 @@ def evaluate(
         answered = entry.requests + entry.shed_total
         fail_ratio = entry.failures / entry.requests if entry.requests else 0.0
         shed_ratio = entry.shed_total / answered if answered else 0.0
-        verdicts: list[str] = []
-        if name in missing:
-            verdicts.append("missing")
-        elif entry.requests < limits.min_requests:
-            verdicts.append("too few")
-            problems.append(f"{name}: {entry.requests} requests, fewer than {limits.min_requests}")
-        if limits.p95_ms is not None and entry.requests and entry.p95_ms > limits.p95_ms:
-            verdicts.append("p95")
-            problems.append(f"{name}: p95 {entry.p95_ms:.0f} ms > {limits.p95_ms:.0f} ms")
-        if fail_ratio > limits.max_failure_ratio:
-            verdicts.append("failures")
-            problems.append(
-                f"{name}: failure ratio {fail_ratio:.1%} > {limits.max_failure_ratio:.1%}"
-            )
-        if shed_ratio > limits.max_shed_ratio:
-            verdicts.append("shed")
-            problems.append(
-                f"{name}: 429/503 ratio {shed_ratio:.1%} > {limits.max_shed_ratio:.1%} "
-                f"({entry.shed})"
-            )
+        verdicts = _verdicts(name, limits, entry, name in missing, fail_ratio, shed_ratio)
+        problems += [problem for _, problem in verdicts if problem]
         p95_limit = "-" if limits.p95_ms is None else f"{limits.p95_ms:.0f}"
         rows.append(
             [
@@ -142,7 +124,7 @@ def evaluate(
                 f"{entry.p50_ms:.0f}",
                 f"{entry.p95_ms:.0f}",
                 p95_limit,
-                ", ".join(verdicts) or "ok",
+                ", ".join(verdict for verdict, _ in verdicts) or "ok",
             ]
         )
     total = sum(e.requests for e in entries.values())
@@ -153,6 +135,40 @@ def evaluate(
     if cpu_warning and thresholds.fail_on_cpu_warning:
         problems.append("Locust's own CPU went above 90 %: the numbers measure Locust, not eGemma")
     return Verdict(rows=rows, problems=problems)
+
+
+def _verdicts(
+    name: str,
+    limits: Limits,
+    entry: Entry,
+    missing: bool,
+    fail_ratio: float,
+    shed_ratio: float,
+) -> list[tuple[str, str | None]]:
+    """(verdict, problem) for every threshold one endpoint breaks; ``missing`` has its own
+    problem line already."""
+    found: list[tuple[str, str | None]] = []
+    if missing:
+        found.append(("missing", None))
+    elif entry.requests < limits.min_requests:
+        found.append(
+            ("too few", f"{name}: {entry.requests} requests, fewer than {limits.min_requests}")
+        )
+    if limits.p95_ms is not None and entry.requests and entry.p95_ms > limits.p95_ms:
+        found.append(("p95", f"{name}: p95 {entry.p95_ms:.0f} ms > {limits.p95_ms:.0f} ms"))
+    if fail_ratio > limits.max_failure_ratio:
+        found.append(
+            ("failures", f"{name}: failure ratio {fail_ratio:.1%} > {limits.max_failure_ratio:.1%}")
+        )
+    if shed_ratio > limits.max_shed_ratio:
+        found.append(
+            (
+                "shed",
+                f"{name}: 429/503 ratio {shed_ratio:.1%} > {limits.max_shed_ratio:.1%} "
+                f"({entry.shed})",
+            )
+        )
+    return found
 
 
 HEADER = ["endpoint", "requests", "failed", "429/503", "p50 ms", "p95 ms", "p95 limit", "verdict"]

@@ -77,16 +77,20 @@ def parse_output(stdout: str) -> dict[str, Any]:
     if not isinstance(rows, list) or not rows:
         raise ContractError('expected a non-empty "rows" list')
     for row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("metric"), str):
-            raise ContractError(f'row without a string "metric": {row!r}')
-        if not _is_number(row.get("value")):
-            raise ContractError(f'row {row["metric"]!r}: "value" must be a number')
-        for key in ("baseline", "ratio"):
-            if row.get(key) is not None and not _is_number(row[key]):
-                raise ContractError(f'row {row["metric"]!r}: "{key}" must be a number or null')
-        if row.get("goal") is not None:
-            _parse_goal(str(row["goal"]))
+        _check_row(row)
     return result
+
+
+def _check_row(row: object) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("metric"), str):
+        raise ContractError(f'row without a string "metric": {row!r}')
+    if not _is_number(row.get("value")):
+        raise ContractError(f'row {row["metric"]!r}: "value" must be a number')
+    for key in ("baseline", "ratio"):
+        if row.get(key) is not None and not _is_number(row[key]):
+            raise ContractError(f'row {row["metric"]!r}: "{key}" must be a number or null')
+    if row.get("goal") is not None:
+        _parse_goal(str(row["goal"]))
 
 
 def _is_number(value: object) -> bool:

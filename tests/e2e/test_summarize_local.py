@@ -155,11 +155,13 @@ def test_real_server_local_summary(engine: Any) -> None:
 async def test_departed_client_stops_the_work_and_caches_nothing(engine: Any) -> None:
     from egemma.errors import UnavailableError
     from egemma.personas import PersonaRegistry, default_personas_dir
+    from egemma.services.prompting.formats import PromptFormats
     from egemma.services.summarize.service import SummarizeService, SummaryRequest
 
     settings = _settings()
     registry = PersonaRegistry.from_directory(default_personas_dir())
-    service = SummarizeService.create(settings, _engines(engine), registry)
+    prompts = PromptFormats(settings.chat.prompt_format, settings.server.models_root)
+    service = SummarizeService.create(settings, _engines(engine), registry, prompts)
 
     async def gone() -> bool:
         return True

@@ -141,11 +141,15 @@ def extract(root: Node, language: str) -> dict[str, Any]:
         elif child.type == "type_declaration":
             for spec in named(child, "type_spec", "type_alias"):
                 _type_spec(doc, spec, child)
-    for owner, method in pending_methods:
+    _attach_methods(doc, pending_methods)
+    return doc.as_dict()
+
+
+def _attach_methods(doc: Document, methods: list[tuple[str, dict[str, Any]]]) -> None:
+    for owner, method in methods:
         record = doc.classes.get(owner)
         if record is None:  # receiver type declared in another file of the package
             record = doc.add_class(
                 class_record(name=owner, kind="impl", docstring="", base_classes=[], decorators=[])
             )
         record["methods"].append(method)
-    return doc.as_dict()

@@ -165,19 +165,23 @@ def parse_tool_choice(
                 )
             return ToolMode("required", (by_name[name],))
         if kind == "allowed_tools":
-            allowed = []
-            for j, ref in enumerate(choice.get("tools") or []):
-                name = ref.get("name") if isinstance(ref, dict) else None
-                if name not in by_name:
-                    raise InvalidRequestError(
-                        f"allowed_tools names '{name}', which is not among the tools.",
-                        param=f"{param}.tools[{j}]",
-                    )
-                allowed.append(by_name[name])
-            mode = choice.get("mode", "auto")
-            if mode not in ("auto", "required") or not allowed:
-                raise InvalidRequestError("Invalid allowed_tools choice.", param=param)
-            return ToolMode(mode, tuple(allowed))
+            return _allowed_tools(choice, by_name, param)
     raise InvalidRequestError(
         "tool_choice must be none, auto, required, a function or allowed_tools.", param=param
     )
+
+
+def _allowed_tools(choice: dict[str, Any], by_name: dict[str, ToolSpec], param: str) -> ToolMode:
+    allowed = []
+    for j, ref in enumerate(choice.get("tools") or []):
+        name = ref.get("name") if isinstance(ref, dict) else None
+        if name not in by_name:
+            raise InvalidRequestError(
+                f"allowed_tools names '{name}', which is not among the tools.",
+                param=f"{param}.tools[{j}]",
+            )
+        allowed.append(by_name[name])
+    mode = choice.get("mode", "auto")
+    if mode not in ("auto", "required") or not allowed:
+        raise InvalidRequestError("Invalid allowed_tools choice.", param=param)
+    return ToolMode(mode, tuple(allowed))
