@@ -1,0 +1,91 @@
+"""``LlamaChatEngine`` against the ``ChatEngine`` contract with the shipped SmolLM2 GGUF.
+
+Tokenizing from worker threads while a generation decodes is what the Responses service does
+(prompts render off the event loop while another request generates); the engine documents it as
+safe because tokenize/detokenize read only the vocabulary. This proves it under load.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egemma.engines.base import ChatEngine, GenerationRequest, SamplingParams
+from egemma.modelfiles import resolve
+from egemma.settings import ChatSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+TEXTS = [
+    "Hello, world!",
+    "def add(a: int, b: int) -> int:\n    return a + b\n",
+    "Ünïcödé, emoji 🎉 and <|im_start|>special<|im_end|> markers.",
+    "A longer sentence about a lighthouse keeper and a storm at sea. " * 20,
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from egemma.engines.llamacpp import LlamaChatEngine
+
+    data_dir = tmp_path_factory.mktemp("models")
+    model = resolve("builtin:smollm2-135m-instruct", "CHAT_MODEL_PATH", data_dir)
+    chat = ChatSettings(_env_file=None, n_ctx=1024, n_threads=2, queue_size=2)  # type: ignore[call-arg]
+    loaded = LlamaChatEngine.load("smollm2-135m-instruct", Path(model.path), chat)
+    yield loaded
+    loaded.close()
+
+
+def test_implements_the_protocol(engine: Any) -> None:
+    assert isinstance(engine, ChatEngine)
+    assert engine.special.eos_id >= 0
+    assert engine.identity.endswith(".gguf")
+
+
+async def test_tokenizing_in_threads_while_generating_gives_the_same_tokens(engine: Any) -> None:
+    expected = [engine.tokenize(text) for text in TEXTS]
+    texts = [engine.detokenize(tokens) for tokens in expected]
+    prompt = tuple(engine.tokenize("<|im_start|>user\nTell me a story.<|im_end|>\n"))
+    params = SamplingParams(max_tokens=64, temperature=0.0)
+    stop = threading.Event()
+    mismatches: list[str] = []
+    rounds = [0]
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for text, tokens, back in zip(TEXTS, expected, texts, strict=True):
+                if engine.tokenize(text) != tokens or engine.detokenize(tokens) != back:
+                    mismatches.append(text)
+            rounds[0] += 1
+
+    slot = await engine.admit()
+    stream = engine.generate(GenerationRequest(prompt, params, threading.Event()))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        workers = [pool.submit(hammer) for _ in range(3)]
+        try:
+            generated = [token async for token in stream]
+        finally:
+            stop.set()
+            slot.release()
+        for worker in workers:
+            worker.result()
+    assert generated, "the generation produced tokens"
+    assert stream.stats.completion_tokens > 0
+    assert rounds[0] > 0, "the tokenizer ran during the generation"
+    assert mismatches == []
+
+
+async def test_slot_release_is_idempotent_and_admission_counts(engine: Any) -> None:
+    before = engine.admission_stats()
+    slot = await engine.admit()
+    assert engine.admission_stats().busy
+    slot.release()
+    slot.release()
+    after = engine.admission_stats()
+    assert not after.busy
+    assert after.admitted == before.admitted + 1
