@@ -70,10 +70,6 @@ class TwoLevelCache:
         log.warning("%s disk cache unavailable; serving with the memory cache only", self.name)
         return None
 
-    @property
-    def disk_enabled(self) -> bool:
-        return self._disk is not None
-
     def get(self, key: str) -> Any | None:
         with self._lock:
             if key in self._lru:

@@ -51,14 +51,6 @@ def package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def assemble_gemma(root: Path) -> Path:
     """Concatenate the shipped chunks into the models folder atomically; verify the hash."""
     target = root / GEMMA_FILE

@@ -9,11 +9,10 @@ from egemma.errors import InvalidRequestError, PayloadTooLargeError
 from egemma.services.summarize.input import (
     EXTENSION_TO_LANGUAGE,
     condense_log,
-    decode_upload,
     language_for,
-    looks_binary,
     split_by_tokens,
 )
+from egemma.services.uploads import decode_upload, looks_binary
 
 
 def _words(text: str) -> int:

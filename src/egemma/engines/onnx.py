@@ -200,9 +200,6 @@ class OnnxEmbeddingEngine:
         out: list[Encoding] = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
         return out
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self.tokenize(texts)]
-
     def decode(self, ids: Sequence[int]) -> str:
         """Text for the model's own token ids (``/v1/embeddings`` token-array input)."""
         vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)

@@ -1,7 +1,6 @@
 """What ``/summarize`` does to an upload before any model sees it.
 
 - ``language_for``: the original eGemma's extension table (anything else is ``code``).
-- ``decode_upload``: size cap (413), binary detection (400), UTF-8 only (400), not empty (400).
 - ``condense_log``: repeated log lines collapse into one line with a count and a time span.
 - ``split_by_tokens``: parts of at most N tokens, cut on line boundaries (map-reduce input).
 """
@@ -12,10 +11,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-
-from egemma.services.uploads import decode_upload, looks_binary
-
-__all__ = ["decode_upload", "looks_binary"]  # kept here for callers of the summary input API
 
 EXTENSION_TO_LANGUAGE = {
     "py": "Python",

@@ -25,8 +25,9 @@ from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.personas import PersonaRegistry, kind_for_language
 from egemma.runtime import Engines
 from egemma.services.prompting.formats import PromptFormats
-from egemma.services.summarize.input import LOG_LANGUAGE, condense_log, decode_upload, language_for
+from egemma.services.summarize.input import LOG_LANGUAGE, condense_log, language_for
 from egemma.services.summarize.local import Job, LocalSummary, user_prompt
+from egemma.services.uploads import decode_upload
 from egemma.settings import Settings
 
 if TYPE_CHECKING:  # google-genai is an extra: imported only where Gemini is used
