@@ -82,6 +82,13 @@ class UpstreamError(EgemmaError):
     default_code = "upstream_error"
 
 
+class GenerationFailedError(EgemmaError):
+    """A generation that ended ``failed`` where the API has no failed-response shape to carry
+    it (non-streamed chat completions): a 500 with the response's own error code."""
+
+    default_code = "server_error"
+
+
 class UnavailableError(EgemmaError):
     status_code = 503
     error_type = "server_error"

@@ -9,6 +9,7 @@ released. Injected via ``create_app(..., engines=...)``.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -122,6 +123,10 @@ class FakeChatEngine(QueuedEngine):
 
     def token_id(self, text: str) -> int | None:
         return _SPECIAL_IDS.get(text)
+
+    def check_grammar(self, json_schema: str) -> None:
+        """The fake has no grammar compiler: the schema must at least be JSON."""
+        json.loads(json_schema)
 
     # -- generation ---------------------------------------------------------------------------
 

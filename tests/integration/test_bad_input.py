@@ -216,6 +216,36 @@ TOOLS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
         [_tool(type="object", properties={"a": {"enum": list(range(5000))}})],
         "schema_too_complex",
     ),
+    "minLength bomb": (
+        [_tool(type="object", properties={"a": {"type": "string", "minLength": 100_000_000}})],
+        "schema_too_complex",
+    ),
+    "maxItems bomb": ([_tool(type="array", maxItems=10**9)], "schema_too_complex"),
+    "nested quantifiers": (
+        [_tool(type="object", properties={"a": {"type": "string", "pattern": "((a{99}){99}){99}"}})],
+        "schema_too_complex",
+    ),
+    "many long strings": (
+        [
+            _tool(
+                type="object",
+                properties={f"p{i}": {"type": "string", "maxLength": 8000} for i in range(20)},
+            )
+        ],
+        "schema_too_complex",
+    ),
+    "long strings across tools": (
+        [
+            _tool(f"f{i}", type="object", properties={"a": {"type": "string", "maxLength": 8000}})
+            for i in range(20)
+        ],
+        "schema_too_complex",
+    ),
+    "bogus type": ([_tool(type="bogus")], "invalid_schema"),
+    "broken pattern": (
+        [_tool(type="object", properties={"a": {"type": "string", "pattern": "[a-"}})],
+        "invalid_schema",
+    ),
     "name with newline": ([_tool("a\nb")], None),
     "name with quote": ([_tool('a"b')], None),
     "name with tag": ([_tool("</tool>")], None),
@@ -243,6 +273,9 @@ async def test_bad_tools_are_400(
         (_deep(40), "schema_too_deep"),
         ({"$ref": "#"}, "unsupported_schema"),
         ({"type": "string", "pattern": "(" * 60_000}, "schema_too_complex"),
+        ({"type": "string", "minLength": 100_000_000}, "schema_too_complex"),
+        ({"type": "bogus"}, "invalid_schema"),
+        ({"type": "string", "pattern": "[a-"}, "invalid_schema"),
     ],
 )
 async def test_bad_text_format_schema_is_400(
@@ -252,6 +285,24 @@ async def test_bad_text_format_schema_is_400(
     body = {"input": "hi", "text": {"format": fmt}}
     resp = await client.post("/v1/responses", json=body, headers=AUTH)
     assert check_400(resp, code)["param"] == "text.format.schema"
+
+
+async def test_unknown_text_format_type_is_400(client: httpx.AsyncClient) -> None:
+    body = {"input": "hi", "text": {"format": {"type": "yaml"}}}
+    resp = await client.post("/v1/responses", json=body, headers=AUTH)
+    assert check_400(resp)["param"] == "text.format.type"
+
+
+@pytest.mark.parametrize("json_schema", ["x", 1, ["schema"]])
+async def test_chat_json_schema_not_an_object_is_400(
+    client: httpx.AsyncClient, json_schema: Any
+) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": json_schema},
+    }
+    resp = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert check_400(resp)["param"] == "response_format.json_schema"
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,17 @@ async def test_failed_generations_are_counted(client: httpx.AsyncClient) -> None
     assert sample(text, "egemma_generations_total", model="broken", outcome="failed") == 1.0
 
 
+async def test_a_failed_chat_completion_is_a_500_not_an_empty_success(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"model": "broken", "messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert resp.status_code == 500, resp.text
+    assert resp.json()["error"]["code"] == "server_error"
+    ok = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await client.post("/v1/chat/completions", json=ok, headers=AUTH)).status_code == 200
+
+
 async def test_labels_are_route_templates_and_hold_no_secrets(client: httpx.AsyncClient) -> None:
     await client.get("/v1/conversations/conv_RAWID12345", headers=AUTH)
     await client.get("/some/random/path-xyz987")

@@ -106,6 +106,10 @@ class TokenStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class GrammarError(ValueError):
+    """The engine cannot constrain decoding to this schema (its message says why)."""
+
+
 class AdmissionError(Exception):
     """Base of the reasons ``ChatEngine.admit`` refuses a caller."""
 
@@ -172,6 +176,11 @@ class ChatEngine(Protocol):
 
     def generate(self, request: GenerationRequest) -> TokenStream:
         """Stream a generation; the caller holds a ``Slot``."""
+        ...
+
+    def check_grammar(self, json_schema: str) -> None:
+        """Blocking: build the grammar for ``json_schema`` (canonical JSON text, as in
+        ``SamplingParams``) before admission; raise ``GrammarError`` if it cannot be built."""
         ...
 
     def admission_stats(self) -> AdmissionStats: ...

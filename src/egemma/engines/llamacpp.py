@@ -30,6 +30,7 @@ from egemma.engines.base import (
     GeneratedToken,
     GenerationRequest,
     GenerationStats,
+    GrammarError,
     Slot,
     SpecialTokens,
     TokenStream,
@@ -39,6 +40,10 @@ from egemma.engines.threaded import ThreadedTokenStream
 from egemma.settings import ChatSettings
 
 log = logging.getLogger(__name__)
+
+
+GRAMMAR_CACHE_SIZE = 64
+MAX_GBNF_BYTES = 4 * 1024 * 1024
 
 
 def _property_order(schema: Any) -> list[str]:
@@ -169,10 +174,30 @@ class LlamaChatEngine:
             # a call's "name" must come before its "arguments" so it can be streamed.
             gbnf = json_schema_to_gbnf(key, prop_order=_property_order(json.loads(key)))
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)
-            if len(self._grammar_cache) > 64:
+            if len(self._grammar_cache) > GRAMMAR_CACHE_SIZE:
                 self._grammar_cache.clear()
             self._grammar_cache[key] = grammar
         return grammar
+
+    def check_grammar(self, json_schema: str) -> None:
+        """Convert and parse the grammar once, so a generation cannot fail on it. Parsing reads
+        only the vocabulary (safe beside a running generation); the sampler is freed at once."""
+        import llama_cpp
+
+        try:
+            gbnf: str = self._grammar(json_schema)._grammar
+        except Exception as exc:  # the converter raises anything from KeyError to RecursionError
+            raise GrammarError(f"llama.cpp cannot build a grammar from this schema: {exc}") from None
+        if len(gbnf) > MAX_GBNF_BYTES:
+            self._grammar_cache.pop(json_schema, None)
+            raise GrammarError(f"The schema's grammar exceeds {MAX_GBNF_BYTES} bytes.")
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self.llm._model.vocab, gbnf.encode("utf-8"), b"root"
+        )
+        if not sampler:
+            self._grammar_cache.pop(json_schema, None)
+            raise GrammarError("llama.cpp could not parse the grammar built from this schema.")
+        llama_cpp.llama_sampler_free(sampler)
 
     def generate(self, request: GenerationRequest) -> TokenStream:
         return ThreadedTokenStream(self._generate, request, self._executor)

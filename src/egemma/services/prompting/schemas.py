@@ -33,11 +33,27 @@ def bound_schema(schema: dict[str, Any]) -> dict[str, Any]:
             out[key] = [bound_schema(v) if isinstance(v, dict) else v for v in value]
         else:
             out[key] = value
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = anchored(out["pattern"])
     if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
         out["maxLength"] = MAX_STRING
     if out.get("type") == "array" and "maxItems" not in out:
         out["maxItems"] = MAX_ITEMS
     return out
+
+
+def anchored(pattern: str) -> str:
+    """A JSON Schema pattern matches anywhere in the string; llama.cpp's converter wants it
+    anchored. ``^.*(p).*$`` accepts a subset of what ``p`` accepts, so every output the grammar
+    allows still validates against the original pattern."""
+    core = pattern
+    start = core.startswith("^")
+    if start:
+        core = core[1:]
+    end = core.endswith("$") and not core.endswith("\\$")
+    if end:
+        core = core[:-1]
+    return ("^" if start else "^.*") + f"({core})" + ("$" if end else ".*$")
 
 
 def call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from egemma.engines.base import Disconnected
-from egemma.errors import InvalidRequestError
+from egemma.errors import GenerationFailedError, InvalidRequestError
 from egemma.ids import new_id
 from egemma.protocol.responses import ChatCompletionRequest, ResponsesRequest
 from egemma.services.generation import TERMINAL, Run
@@ -79,6 +79,11 @@ def _text_config(response_format: dict[str, Any] | None) -> dict[str, Any] | Non
     kind = response_format.get("type")
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
+        if not isinstance(spec, dict):
+            raise InvalidRequestError(
+                "response_format.json_schema must be an object with 'name' and 'schema'.",
+                param="response_format.json_schema",
+            )
         return {
             "format": {
                 "type": "json_schema",
@@ -289,4 +294,10 @@ class ChatCompletionsService:
     async def complete(
         self, p: ChatPrepared, run: Run, is_disconnected: Disconnected | None = None
     ) -> dict[str, Any]:
-        return completion(await run.final(is_disconnected), p.model)
+        response = await run.final(is_disconnected)
+        if response["status"] == "failed":
+            error = response.get("error") or {}
+            raise GenerationFailedError(
+                error.get("message") or "Generation failed.", code=error.get("code")
+            )
+        return completion(response, p.model)

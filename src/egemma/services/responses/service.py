@@ -35,7 +35,12 @@ from egemma.services.prompting.plan import PromptPlan
 from egemma.services.prompting.types import ToolMode, ToolSpec, Turn, feed_all
 from egemma.services.responses.context import Context, load_context, resolve_engine
 from egemma.services.responses.events import ResponseBuilder, new_response, usage_of
-from egemma.services.responses.tools import check_text_format, parse_tool_choice, parse_tools
+from egemma.services.responses.tools import (
+    check_grammar,
+    check_text_format,
+    parse_tool_choice,
+    parse_tools,
+)
 from egemma.services.responses.truncation import truncate
 from egemma.services.responses.turns import items_to_turns
 from egemma.settings import Settings
@@ -87,7 +92,7 @@ class ResponsesService:
         """Everything a request implies before budgets: engine, tools, context, turns."""
         chat = self.settings.chat
         engine = resolve_engine(self.engines, chat, req.model)
-        tools = parse_tools(req.tools)
+        tools = await anyio.to_thread.run_sync(parse_tools, req.tools)
         tool_mode = parse_tool_choice(req.tool_choice, tools)
         context = await load_context(self.store, req)
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
@@ -115,6 +120,7 @@ class ResponsesService:
         else:
             plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
         budget = check_context(engine, plan, req.max_output_tokens, chat.max_tokens)
+        await check_grammar(engine, plan)
         temperature = req.temperature if req.temperature is not None else chat.temperature
         top_p = req.top_p if req.top_p is not None else chat.top_p
         params = SamplingParams(

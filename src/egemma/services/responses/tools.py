@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
+
+from egemma.engines.base import ChatEngine, GrammarError
 from egemma.errors import InvalidRequestError
+from egemma.services.prompting.schema_checks import check_grammar_size, validate_schema
+from egemma.services.prompting.plan import PromptPlan
 from egemma.services.prompting.types import ToolMode, ToolSpec
 
+TEXT_FORMATS = ("text", "json_schema", "json_object")
 MAX_TOOLS = 128
 MAX_TOOLS_JSON_BYTES = 256 * 1024
 MAX_SCHEMA_DEPTH = 32
@@ -76,14 +82,36 @@ def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
         raise InvalidRequestError(
             "Schemas with $ref are not supported.", param=param, code="unsupported_schema"
         )
+    validate_schema(schema, param=param)
+    check_grammar_size(schema, param=param)
     return {k: v for k, v in schema.items() if k not in ("$schema", "title")}
+
+
+async def check_grammar(engine: ChatEngine, plan: PromptPlan) -> None:
+    """The engine builds the plan's grammar before admission: what it cannot is a 400 here,
+    not a failed generation later."""
+    key = plan.grammar_key()
+    if key is None:
+        return
+    try:
+        await anyio.to_thread.run_sync(engine.check_grammar, key)
+    except GrammarError as exc:
+        raise InvalidRequestError(str(exc), code="unsupported_schema") from None
 
 
 def check_text_format(text: dict[str, Any] | None) -> None:
     """``text.format`` json_schema gets the same bounds as tool parameters (400, not a 500 in
     the grammar compiler)."""
     fmt = (text or {}).get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and "schema" in fmt:
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in TEXT_FORMATS:
+        raise InvalidRequestError(
+            f"text.format.type must be one of {', '.join(TEXT_FORMATS)}, not {kind!r}.",
+            param="text.format.type",
+        )
+    if kind == "json_schema" and "schema" in fmt:
         check_schema(fmt["schema"], param="text.format.schema")
 
 
@@ -133,6 +161,8 @@ def parse_tools(tools: list[Any] | None, *, param: str = "tools") -> list[ToolSp
                 strict=bool(fn.get("strict", False)),
             )
         )
+    # tool_choice "required" builds one grammar over every tool: bound them together too.
+    check_grammar_size([s.parameters for s in specs], param=param)
     return specs
 
 
