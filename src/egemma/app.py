@@ -29,6 +29,7 @@ from egemma.api.deps import refuse_when_draining
 from egemma.api.errors import install_handlers
 from egemma.loaders import load_all
 from egemma.middleware.body_limit import BodyLimitMiddleware
+from egemma.middleware.json_text import JsonTextMiddleware
 from egemma.middleware.observe import ObserveMiddleware
 from egemma.middleware.request_id import RequestIdMiddleware
 from egemma.openapi import install_openapi
@@ -133,7 +134,12 @@ def create_app(
     )
     install_openapi(app, state.public_paths)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
+    app.add_middleware(JsonTextMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.server.max_request_body_bytes,
+        timeout=settings.server.request_body_timeout,
+    )
     origins = [o.strip() for o in settings.server.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

@@ -52,6 +52,15 @@ class ServerSettings(BaseSettings):
     max_request_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=1024**3, description="Largest request body (413 beyond)."
     )
+    request_body_timeout: float = Field(
+        60.0, ge=1.0, le=3600.0, description="Seconds a client may take to send a body (408)."
+    )
+    stream_write_timeout: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds one write to a streaming client may block before its work stops.",
+    )
     binary_detection_threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of control bytes that makes an upload binary."
     )

@@ -16,6 +16,7 @@ type: only function tools are served.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -154,6 +155,30 @@ def _message_item(raw: Item, param: str) -> Item:
     return _message(role, parts, _opt_id(raw, param), _status(raw, param), phase)
 
 
+MAX_ARGUMENTS_DEPTH = 64
+_OPENERS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]')
+
+
+def _check_nesting(arguments: str, param: str) -> None:
+    """Arguments are kept as the client sent them (even invalid JSON), but templates parse them:
+    nesting deeper than ``MAX_ARGUMENTS_DEPTH`` is a 400 here, not a RecursionError later."""
+    if arguments.count("[") + arguments.count("{") <= MAX_ARGUMENTS_DEPTH:
+        return
+    depth = 0
+    for match in _OPENERS.finditer(arguments):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_ARGUMENTS_DEPTH:
+                raise InvalidRequestError(
+                    f"Arguments are nested deeper than {MAX_ARGUMENTS_DEPTH} levels.",
+                    param=param,
+                    code="arguments_too_deep",
+                )
+        elif token in "]}":
+            depth -= 1
+
+
 def _function_call(raw: Item, param: str) -> Item:
     arguments = raw.get("arguments")
     if isinstance(arguments, dict):  # sloppy clients send the object; the wire wants a string
@@ -162,6 +187,7 @@ def _function_call(raw: Item, param: str) -> Item:
         raise InvalidRequestError(
             f"{param}.arguments must be a JSON string.", param=f"{param}.arguments"
         )
+    _check_nesting(arguments, f"{param}.arguments")
     return {
         "id": _opt_id(raw, param) or new_id("fc"),
         "type": "function_call",
