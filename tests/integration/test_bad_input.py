@@ -222,7 +222,7 @@ TOOLS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
     ),
     "maxItems bomb": ([_tool(type="array", maxItems=10**9)], "schema_too_complex"),
     "nested quantifiers": (
-        [_tool(type="object", properties={"a": {"type": "string", "pattern": "((a{99}){99}){99}"}})],
+        [_tool(type="object", properties={"a": {"type": "string", "pattern": "((a{9}){99}){99}"}})],
         "schema_too_complex",
     ),
     "many long strings": (

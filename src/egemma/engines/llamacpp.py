@@ -187,7 +187,8 @@ class LlamaChatEngine:
         try:
             gbnf: str = self._grammar(json_schema)._grammar
         except Exception as exc:  # the converter raises anything from KeyError to RecursionError
-            raise GrammarError(f"llama.cpp cannot build a grammar from this schema: {exc}") from None
+            reason = f"llama.cpp cannot build a grammar from this schema: {exc}"
+            raise GrammarError(reason) from None
         if len(gbnf) > MAX_GBNF_BYTES:
             self._grammar_cache.pop(json_schema, None)
             raise GrammarError(f"The schema's grammar exceeds {MAX_GBNF_BYTES} bytes.")

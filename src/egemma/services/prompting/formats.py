@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from egemma.engines.base import ChatEngine
 from egemma.services.prompting import harmony, templates
 from egemma.services.prompting.plan import Prompter, PromptPlan
 from egemma.services.prompting.schemas import bound_schema, call_schema, text_format_schema
+from egemma.services.prompting.segments import tokenize_rendered
 from egemma.services.prompting.toolcalls import JsonCallParser, TextParser, ToolTagParser
 from egemma.services.prompting.types import OutputParser, ToolMode, Turn
 
@@ -68,8 +70,16 @@ class TemplatePrompter:
         )
         messages = templates.turns_to_messages(turns, system, self.template.merges_system)
         special = self.engine.special
-        rendered = templates.render(self.template, messages, special.bos_text, special.eos_text)
-        tokens = self.engine.tokenize(rendered, special=True)
+        tokens = tokenize_rendered(
+            partial(
+                templates.render,
+                self.template,
+                bos_token=special.bos_text,
+                eos_token=special.eos_text,
+            ),
+            messages,
+            lambda text, parse_special: self.engine.tokenize(text, special=parse_special),
+        )
         bos = special.bos_id if special.add_bos else -1
         if bos >= 0 and (not tokens or tokens[0] != bos):
             tokens.insert(0, bos)

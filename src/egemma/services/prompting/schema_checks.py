@@ -69,9 +69,9 @@ def _node_repeats(node: dict[str, Any], param: str) -> int:
     bounds = {key: _bound(node, key, param) for key in _BOUNDS}
     total = 0
     kind = node.get("type")
-    if kind == "string" or bounds["minLength"] is not None or bounds["maxLength"] is not None:
-        if "enum" not in node and "const" not in node:
-            total += max(bounds["minLength"] or 0, bounds["maxLength"] or DEFAULT_MAX_STRING)
+    stringy = kind == "string" or bounds["minLength"] is not None or bounds["maxLength"] is not None
+    if stringy and "enum" not in node and "const" not in node:
+        total += max(bounds["minLength"] or 0, bounds["maxLength"] or DEFAULT_MAX_STRING)
     if kind == "array" or bounds["minItems"] is not None or bounds["maxItems"] is not None:
         total += max(bounds["minItems"] or 0, bounds["maxItems"] or DEFAULT_MAX_ITEMS)
     total += max(bounds["minProperties"] or 0, bounds["maxProperties"] or 0)

@@ -10,8 +10,8 @@ import anyio
 
 from egemma.engines.base import ChatEngine, GrammarError
 from egemma.errors import InvalidRequestError
-from egemma.services.prompting.schema_checks import check_grammar_size, validate_schema
 from egemma.services.prompting.plan import PromptPlan
+from egemma.services.prompting.schema_checks import check_grammar_size, validate_schema
 from egemma.services.prompting.types import ToolMode, ToolSpec
 
 TEXT_FORMATS = ("text", "json_schema", "json_object")
