@@ -64,11 +64,24 @@ def announce_generated_key(key: str, path: Path) -> None:
     )
 
 
+def authorization_headers(request: Request) -> list[str]:
+    """Every ``Authorization`` field the client sent, read from the ASGI scope's raw header list.
+
+    ``request.headers.get`` returns only the first of several; a second ``Bearer wrong`` (or a
+    second valid key) would then pass unseen, and a proxy that reads the last one would disagree
+    with us about who is calling (issue 18, item 13).
+    """
+    raw: list[tuple[bytes, bytes]] = request.scope.get("headers") or []
+    return [value.decode("latin-1") for name, value in raw if name.lower() == b"authorization"]
+
+
 def presented_key(request: Request) -> str | None:
-    """The bearer token of the request, or None when the header is missing or malformed."""
-    header = request.headers.get("authorization")
-    if header is None:
+    """The bearer token of the request, or None when the header is missing, repeated or
+    malformed."""
+    headers = authorization_headers(request)
+    if len(headers) != 1:
         return None
+    header = headers[0]
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or any(ord(c) < 33 for c in token):
@@ -81,6 +94,8 @@ async def require_api_key(request: Request) -> str:
     expected: bytes = request.app.state.egemma.api_key_digest
     token = presented_key(request)
     if token is None:
+        if len(authorization_headers(request)) > 1:
+            raise AuthenticationError("Send exactly one Authorization header.")
         raise AuthenticationError("Missing or malformed Authorization header; use 'Bearer <key>'.")
     got = digest(token)
     if not hmac.compare_digest(got, expected):
