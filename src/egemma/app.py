@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -71,10 +72,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: AppState = app.state.egemma
-        try:
+        # A broken store is logged once by the store itself (one line, no traceback); the
+        # server serves everything else and /health, /ready and /metrics say so.
+        with contextlib.suppress(StoreUnavailableError):
             await state.store.open()
-        except StoreUnavailableError:
-            log.error("the store could not be opened; its routes answer 503")
         if not injected:
             await load_all(settings, state.engines, state.prompts)
         state.build_services()

@@ -39,6 +39,12 @@ async def refuse_when_draining(request: Request) -> None:
         raise DrainingError()
 
 
+async def require_store(request: Request) -> None:
+    """On routes whose work needs the store: probe it first, so a broken or too-new database is
+    a 503 naming the store before anything runs (issue 18, item 12)."""
+    await app_state(request).store.check()
+
+
 def _responses(request: Request) -> ResponsesService:
     return services(request).responses
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from egemma import __version__
 from egemma.api.deps import app_state
 from egemma.runtime import CAPABILITIES, Engines
+from egemma.store.base import Store, StoreUnavailableError
 
 router = APIRouter(tags=["service"])
 
@@ -30,8 +32,18 @@ def _entry(engines: Engines, key: str) -> dict[str, Any]:
     return entry
 
 
+def _store_entry(store: Store) -> dict[str, Any]:
+    health = store.health()
+    entry: dict[str, Any] = {"status": health.status}
+    if health.reason:
+        entry["reason"] = health.reason
+    return entry
+
+
 @router.get("/health", summary="Per-capability status")
 async def health(request: Request) -> dict[str, Any]:
+    """Reads what is known (no I/O), so it answers at once however busy the server is; the
+    store's entry is its last known state (``/ready`` and every store operation refresh it)."""
     state = app_state(request)
     engines = state.engines
     body: dict[str, Any] = {"version": __version__}
@@ -39,6 +51,8 @@ async def health(request: Request) -> dict[str, Any]:
     for key, legacy in CAPABILITIES.items():
         body[legacy] = _entry(engines, key)
         states.append(body[legacy]["status"])
+    body["store"] = _store_entry(state.store)
+    states.append(body["store"]["status"])
     if state.draining:
         overall = "draining"
     elif "error" in states:
@@ -50,7 +64,7 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": overall, **body}
 
 
-@router.get("/ready", summary="200 once every enabled capability is loaded")
+@router.get("/ready", summary="200 once every enabled capability and the store are usable")
 async def ready(request: Request) -> JSONResponse:
     state = app_state(request)
     engines = state.engines
@@ -59,8 +73,17 @@ async def ready(request: Request) -> JSONResponse:
     ]
     if state.draining:
         return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+    if state.started:
+        with contextlib.suppress(StoreUnavailableError):  # busy is not broken; health says which
+            await state.store.check()
+    reasons = {key: engines.capability(key).reason for key in waiting}
+    store = state.store.health()
+    if store.status != "ok":
+        waiting.append("store")
+        reasons["store"] = store.reason
     if waiting or not state.started:
-        return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
+        body = {"ready": False, "not_ready": waiting, "reasons": reasons}
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"ready": True})
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from egemma.api.deps import ResponsesDep
+from egemma.api.deps import ResponsesDep, require_store
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ResponsesRequest
 from egemma.ratelimit import rate_limit
@@ -19,6 +19,8 @@ router = APIRouter(tags=["responses"])
 async def create_response(
     body: ResponsesRequest, request: Request, service: ResponsesDep
 ) -> Response:
+    if body.store is not False or body.conversation is not None:
+        await require_store(request)  # its answer is written after generation: check first
     prepared = await service.prepare(body)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:

@@ -28,6 +28,22 @@ class StoreUnavailableError(UnavailableError):
         super().__init__(message, retry_after=retry_after, code="store_unavailable")
 
 
+BROKEN_MESSAGE = (
+    "The store of responses and conversations is unavailable; see /health for the reason."
+)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """What ``/health``, ``/ready`` and ``/metrics`` say about the store (no I/O to read it).
+
+    ``reason`` names the problem without file paths (it is shown on the public ``/health``).
+    """
+
+    status: Literal["ok", "error", "not_opened"] = "not_opened"
+    reason: str | None = None
+
+
 class DuplicateItemError(InvalidRequestError):
     def __init__(self, item_id: str, param: str | None = None) -> None:
         super().__init__(
@@ -149,3 +165,13 @@ class Store(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def health(self) -> StoreHealth:
+        """The last known state, updated by every operation and by ``check``; no I/O."""
+
+    async def check(self) -> None:
+        """Probe the store now (cheap): ``StoreUnavailableError`` unless it can be used.
+
+        Routes whose work ends in a write call this *before* the model runs, so a broken store
+        is a 503 up front, never a generation whose answer then cannot be kept.
+        """
