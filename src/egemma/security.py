@@ -115,3 +115,11 @@ def denies(request: Request) -> bool:
     token = presented_key(request)
     expected: bytes = request.app.state.egemma.api_key_digest
     return token is None or not hmac.compare_digest(digest(token), expected)
+
+
+def is_admin(request: Request) -> bool:
+    """For public routes that show more to an operator: True when the request carries an admin
+    key. Never raises; a missing or wrong key is simply not an admin."""
+    token = presented_key(request)
+    expected: bytes = request.app.state.egemma.api_key_digest
+    return token is not None and hmac.compare_digest(digest(token), expected)
