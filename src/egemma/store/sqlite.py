@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 import anyio.to_thread
 
 from egemma.settings import Settings
-from egemma.store.base import BROKEN_MESSAGE, StoreHealth, StoreUnavailableError
+from egemma.store.base import BROKEN_MESSAGE, Owner, StoreHealth, StoreUnavailableError
 from egemma.store.migrations import LATEST, MIGRATIONS
 from egemma.store.sqlite_tables import SqliteConversations, SqliteResponses
 
@@ -90,6 +90,9 @@ class SqliteStore:
             except queue.Empty:
                 break
             self._close_connection(conn)
+
+    def scoped(self, owner: Owner) -> SqliteScope:
+        return SqliteScope(self, owner)
 
     # -- health -------------------------------------------------------------------------------
 
@@ -288,6 +291,31 @@ class SqliteStore:
             self._file_id = (st.st_dev, st.st_ino)
             self._opened = True
             log.info("store ready at %s (schema v%d)", self.path, LATEST)
+
+
+class SqliteScope:
+    """``store.scoped(owner)``: the same database and connections, seen as one owner."""
+
+    def __init__(self, store: SqliteStore, owner: Owner) -> None:
+        self._store = store
+        self.owner = owner
+        self.responses = SqliteResponses(store, owner)
+        self.conversations = SqliteConversations(store, owner)
+
+    def scoped(self, owner: Owner) -> SqliteScope:
+        return SqliteScope(self._store, owner)
+
+    async def open(self) -> None:
+        await self._store.open()
+
+    async def close(self) -> None:
+        """The store owns the connections; a view has nothing to close."""
+
+    def health(self) -> StoreHealth:
+        return self._store.health()
+
+    async def check(self) -> None:
+        await self._store.check()
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
