@@ -198,3 +198,20 @@ def test_repaired_store_is_used_without_a_restart(
     assert run.http.get("/health").json()["store"] == {"status": "ok"}
     assert run.http.post("/v1/conversations", json={}).status_code == 200
     assert run.http.post("/v1/responses", json={"input": "hi"}).json()["status"] == "completed"
+
+
+def test_store_corrupted_in_place_stays_refused(
+    clean_env: Path, running: Callable[[], Running]
+) -> None:
+    """Garbage written over the file while it is open: reads may still come from SQLite's cache
+    and writes land in the WAL, but the store stays reported broken and refused until a probe
+    of the file itself succeeds."""
+    run = running()
+    conv = run.http.post("/v1/conversations", json={}).json()
+    with (clean_env / "egemma.db").open("r+b") as fh:
+        fh.write(b"garbage!" * 2048)
+    _assert_store_refused(run.http.post("/v1/responses", json={"input": "hi"}))
+    for _ in range(2):
+        _assert_store_refused(run.http.get(f"/v1/conversations/{conv['id']}"))
+        _assert_store_refused(run.http.post("/v1/conversations", json={}))
+    _assert_reports_broken(run, "not a database")

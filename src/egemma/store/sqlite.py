@@ -37,6 +37,7 @@ T = TypeVar("T")
 Synchronous = Literal["NORMAL", "FULL"]
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class SchemaTooNewError(RuntimeError):
@@ -75,8 +76,8 @@ class SqliteStore:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the file if needed and migrate it; later calls are no-ops."""
-        await anyio.to_thread.run_sync(self._with_retry, lambda _deadline: self._ensure_open())
+        """Create the file if needed, migrate it and probe it (``check``)."""
+        await self.check()
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self.close_sync)
@@ -100,8 +101,26 @@ class SqliteStore:
         return self._health
 
     async def check(self) -> None:
-        """Open if needed, then a read transaction that touches the schema (microseconds)."""
-        await anyio.to_thread.run_sync(self._with_retry, lambda d: self._transact(_probe, False, d))
+        """Open if needed, then a read transaction that reads the schema (microseconds)."""
+        await anyio.to_thread.run_sync(
+            self._with_retry, lambda d: self._transact(self._probe, False, d)
+        )
+        # Only a probe clears an error: a read served from the page cache or a write that went
+        # to the WAL says nothing about a database file that is corrupt underneath.
+        self._mark_ok()
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """A read that fails on a corrupt file, a missing table or a schema changed underneath.
+
+        The file's header is read directly too: an open connection serves pages from its cache
+        and would not notice garbage written over the file."""
+        with open(self.path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise sqlite3.DatabaseError("file is not a database (its header was overwritten)")
+        refuse_newer(conn)
+        for table in ("responses", "conversations"):
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
 
     def _mark_broken(self, reason: str) -> None:
         if self._health.reason != reason:  # one line per new problem, not one per request
@@ -176,8 +195,6 @@ class SqliteStore:
                 raise
             except (sqlite3.DatabaseError, OSError, SchemaTooNewError, StoreReplacedError) as exc:
                 raise self._broken(exc) from exc  # corrupt, too new, replaced, disk, perms
-            if self._health.status != "ok":
-                self._mark_ok()
             return result
 
     def _back_off(self, deadline: float, delay: float, exc: Exception) -> None:
@@ -328,13 +345,6 @@ def refuse_newer(conn: sqlite3.Connection) -> None:
         raise SchemaTooNewError(
             f"store schema v{current} is newer than this eGemma (v{LATEST}); upgrade eGemma"
         )
-
-
-def _probe(conn: sqlite3.Connection) -> None:
-    """A read that fails on a corrupt file, a missing table or a schema changed underneath."""
-    refuse_newer(conn)
-    for table in ("responses", "conversations"):
-        conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
 
 
 def migrate(conn: sqlite3.Connection) -> int:
