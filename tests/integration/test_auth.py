@@ -212,12 +212,12 @@ def test_two_authorization_headers_are_refused_on_every_protected_route(
             assert http.get("/v1/models", headers=AUTH).status_code == 200
             for route_path, methods in protected:
                 path = route_path.replace("{", "x").replace("}", "")
-                for method in sorted(methods):
+                for method in sorted(methods | {"PUT"}):  # PUT: routing's 405 path
                     for values in DUPLICATES:
                         headers = [("Authorization", v) for v in values]
                         resp = http.request(method, path, headers=headers)
                         _check_401(resp)
-                        if method != "HEAD":
+                        if method in methods - {"HEAD"}:
                             assert "exactly one" in resp.json()["error"]["message"]
     finally:
         server.stop()
