@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 KEY_FILE = "api_key"
 
 # Declares the scheme in OpenAPI; we parse the header ourselves so every failure is our 401.
-bearer_scheme = HTTPBearer(auto_error=False, description="WORKBENCH_API_KEY")
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="WORKBENCH_API_KEY or a key made with `egemma keys add`"
+)
 
 
 __all__ = ["digest", "is_admin", "principal_of", "provision_key", "require_api_key"]

@@ -227,6 +227,9 @@ async def test_public_health_shows_no_absolute_paths(tmp_path: Path) -> None:
         assert not re.search(r'"/|\s/[a-z]', text), text
         body = public.json()
         assert "nope.gguf" in body["chat_model"]["reason"]  # what an operator needs stays
+        ready = await http.get("/ready")
+        assert "nope.gguf" in ready.json()["reasons"]["chat"]
+        assert str(tmp_path) not in ready.text
         full = (await http.get("/health", headers=AUTH)).json()
         assert str(broken) in full["chat_model"]["reason"]
         embeddings = full["embedding_model"]

@@ -93,7 +93,7 @@ async def ready(request: Request) -> JSONResponse:
     if state.started:
         with contextlib.suppress(StoreUnavailableError):  # busy is not broken; health says which
             await state.store.check()
-    reasons = {key: engines.capability(key).reason for key in waiting}
+    reasons = {key: _public(engines.capability(key).reason or "") or None for key in waiting}
     store = state.store.health()
     if store.status != "ok":
         waiting.append("store")
