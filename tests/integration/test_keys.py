@@ -120,6 +120,28 @@ def test_rows_are_scoped_to_their_key(
             real,
             fake,
         )
+    _same_404(
+        http.post(
+            "/v1/responses/input_tokens",
+            json={"input": "x", "previous_response_id": rid},
+            headers=bob,
+        ),
+        http.post(
+            "/v1/responses/input_tokens",
+            json={"input": "x", "previous_response_id": fake_r},
+            headers=bob,
+        ),
+        rid,
+        fake_r,
+    )
+    assert (
+        http.post(
+            "/v1/responses/input_tokens",
+            json={"input": "x", "previous_response_id": rid},
+            headers=alice,
+        ).status_code
+        == 200
+    )
     # An item reference cannot pull another key's item into a prompt.
     ref = http.post(
         "/v1/responses",
