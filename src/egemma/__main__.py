@@ -1,4 +1,4 @@
-"""Console script ``egemma``: serve | config | models | prepare-models (| export-embeddings)."""
+"""Console script ``egemma``: serve, config, models, prepare-models, keys, export-embeddings."""
 
 from __future__ import annotations
 
@@ -191,6 +191,76 @@ def _prepare_harmony_vocab(settings: Settings) -> None:
 PREPARE_HOOKS.append(_prepare_harmony_vocab)
 
 
+def _parse_limits(args: argparse.Namespace) -> dict[str, Any]:
+    from egemma.keys import BUCKETS, KeyFileError, Limit
+
+    limits: dict[str, Limit] = {}
+    if args.rpm is not None:
+        limits = {bucket: Limit(args.rpm, 60) for bucket in BUCKETS}
+    for spec in args.limit or []:
+        bucket, _, rest = spec.partition("=")
+        calls, _, seconds = rest.partition("/")
+        if bucket not in BUCKETS or not calls.isdigit() or not seconds.isdigit():
+            raise KeyFileError(
+                f"--limit {spec!r}: use BUCKET=CALLS/SECONDS, BUCKET one of {', '.join(BUCKETS)}"
+            )
+        if not (0 < int(calls) <= 1_000_000 and 0 < int(seconds) <= 1_000_000):
+            raise KeyFileError(f"--limit {spec!r}: calls and seconds must be 1..1000000")
+        limits[bucket] = Limit(int(calls), int(seconds))
+    return limits
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Manage the named keys of ``DATA_DIR/keys.json``; a running server picks changes up at
+    its next request."""
+    from egemma.keys import KEYS_FILE, KeyFileError, add_key, read_keys, revoke_key
+
+    path = settings.server.data_dir / KEYS_FILE
+    try:
+        if args.action == "add":
+            key = add_key(path, args.name, admin=args.admin, limits=_parse_limits(args))
+            print(key)
+            print(
+                f"egemma: key '{args.name}' created; it is shown only now, store it safely.",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            if not revoke_key(path, args.name):
+                print(f"egemma: no key named '{args.name}'", file=sys.stderr)
+                return 1
+            print(f"egemma: key '{args.name}' revoked", file=sys.stderr)
+        else:
+            listed = [{"name": "admin", "admin": True, "limits": {}, "source": "primary"}]
+            for stored in read_keys(path):
+                entry = stored.to_json()
+                del entry["sha256"]
+                listed.append({**entry, "source": KEYS_FILE})
+            print(json.dumps(listed, indent=2))
+    except (KeyFileError, OSError) as exc:
+        print(f"egemma: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="manage named API keys (DATA_DIR/keys.json)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="create a key and print it (once)")
+    add.add_argument("name", help="key name: who it is for (letters, digits, . _ -)")
+    add.add_argument("--admin", action="store_true", help="sees every stored response")
+    add.add_argument("--rpm", type=int, help="calls per minute in every bucket for this key")
+    add.add_argument(
+        "--limit",
+        action="append",
+        metavar="BUCKET=CALLS/SECONDS",
+        help="this key's limit for one bucket (embed, summarize, chat, conversation); repeatable",
+    )
+    actions.add_parser("list", help="list keys (never their secrets)")
+    revoke = actions.add_parser("revoke", help="delete a key; a running server stops accepting it")
+    revoke.add_argument("name")
+    keys.set_defaults(func=cmd_keys)
+
+
 def _add_export_parser(sub: Any) -> None:
     export = sub.add_parser(
         "export-embeddings", help="export a sentence-transformers folder to ONNX (offline)"
@@ -230,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare-models", help="assemble built-in model files").set_defaults(
         func=cmd_prepare_models
     )
+    _add_keys_parser(sub)
     _add_export_parser(sub)
     return parser
 

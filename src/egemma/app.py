@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from egemma.api import (
 )
 from egemma.api.deps import refuse_when_draining
 from egemma.api.errors import install_handlers
+from egemma.keys import KEYS_FILE, KeyRing
 from egemma.loaders import load_all
 from egemma.middleware.body_limit import BodyLimitMiddleware
 from egemma.middleware.json_text import JsonTextMiddleware
@@ -35,7 +37,7 @@ from egemma.middleware.request_id import RequestIdMiddleware
 from egemma.openapi import install_openapi
 from egemma.ratelimit import RateLimiter
 from egemma.runtime import Engines
-from egemma.security import announce_generated_key, digest, provision_key, require_api_key
+from egemma.security import announce_generated_key, provision_key, require_api_key
 from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
 from egemma.state import AppState
@@ -72,10 +74,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: AppState = app.state.egemma
-        try:
+        # A broken store is logged once by the store itself (one line, no traceback); the
+        # server serves everything else and /health, /ready and /metrics say so.
+        with contextlib.suppress(StoreUnavailableError):
             await state.store.open()
-        except StoreUnavailableError:
-            log.error("the store could not be opened; its routes answer 503")
         if not injected:
             await load_all(settings, state.engines, state.prompts)
         state.build_services()
@@ -111,7 +113,7 @@ def create_app(
         store=store if store is not None else store_from_settings(settings),
         rate_limiter=RateLimiter(settings.limits),
         prompts=PromptFormats(settings.chat.prompt_format, settings.server.models_root),
-        api_key_digest=digest(key),
+        keys=KeyRing(key, settings.server.data_dir / KEYS_FILE),
         started_at=int(time.time()),
     )
     app.state.egemma = state

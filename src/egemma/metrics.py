@@ -113,6 +113,12 @@ class StateCollector(Collector):
         draining = GaugeMetricFamily("egemma_draining", "1 while the server shuts down.")
         draining.add_metric([], 1.0 if self.state.draining else 0.0)
         yield draining
+        store = GaugeMetricFamily(
+            "egemma_store_up",
+            "1 while the response/conversation store is usable, 0 when broken (see /health).",
+        )
+        store.add_metric([], 1.0 if self.state.store.health().status != "error" else 0.0)
+        yield store
         live = GaugeMetricFamily("egemma_generations_in_flight", "Generations running now.")
         live.add_metric([], float(len(self.state.generations)))
         yield live

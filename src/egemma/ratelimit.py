@@ -1,7 +1,9 @@
 """Per-key, per-bucket rate limits on the maintained ``limits`` library.
 
-Each bucket (embed, summarize, chat, conversation) is independent; the key is the hash of the
-caller's API key (the client address only when unauthenticated). Over the limit → 429 with
+Each bucket (embed, summarize, chat, conversation) is independent; the window is keyed by the
+caller's key *name* (``keys.Principal``; never the secret), with that key's own limits where
+``egemma keys add --rpm/--limit`` set them, the configured ones otherwise (the client address
+only when unauthenticated). Over the limit → 429 with
 ``Retry-After`` and the phrase existing clients parse: "Rate limit exceeded. Try again in N
 seconds.".
 """
@@ -20,9 +22,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from egemma.errors import RateLimitError
+from egemma.keys import BUCKETS, Limit, Principal
 from egemma.settings import LimitSettings
-
-BUCKETS = ("embed", "summarize", "chat", "conversation")
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,23 @@ class RateLimiter:
             raise ValueError("RATE_LIMIT_STORAGE_URI must name an async storage (async+…://)")
         self.storage: Storage = storage
         self._limiter = MovingWindowRateLimiter(self.storage)
+        self._own: dict[tuple[int, int], RateLimitItemPerSecond] = {}
 
-    async def hit(self, bucket: str, principal: str) -> None:
-        item = self._items[bucket]
+    async def hit(self, bucket: str, principal: str, own: Limit | None = None) -> None:
+        """Count one call of ``principal`` in ``bucket``; ``own`` replaces the bucket's limit."""
+        item = self._items[bucket] if own is None else self._item(own)
         if await self._limiter.hit(item, bucket, principal):
             return
         stats = await self._limiter.get_window_stats(item, bucket, principal)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimitError(retry_after)
+
+    def _item(self, own: Limit) -> RateLimitItemPerSecond:
+        key = (own.calls, own.seconds)
+        item = self._own.get(key)
+        if item is None:
+            item = self._own[key] = RateLimitItemPerSecond(own.calls, own.seconds)
+        return item
 
     def describe(self) -> dict[str, dict[str, int]]:
         """The original's ``GET /rate-limits`` shape."""
@@ -70,11 +80,13 @@ def rate_limit(bucket: str) -> Callable[[Request], Awaitable[None]]:
         raise ValueError(f"unknown rate-limit bucket {bucket!r}")
 
     async def dependency(request: Request) -> None:
-        principal = getattr(request.state, "principal", None)
-        if principal is None:
-            principal = "ip:" + (request.client.host if request.client else "unknown")
         limiter: RateLimiter = request.app.state.egemma.rate_limiter
-        await limiter.hit(bucket, principal)
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            address = request.client.host if request.client else "unknown"
+            await limiter.hit(bucket, "ip:" + address)
+            return
+        await limiter.hit(bucket, "key:" + principal.name, principal.limits.get(bucket))
 
     dependency.__name__ = f"rate_limit_{bucket}"
     return dependency

@@ -1,13 +1,13 @@
 """Bearer-key authentication: key provisioning and the one auth dependency.
 
 Keys are compared as SHA-256 digests with ``hmac.compare_digest`` so neither content nor length
-leaks through timing. The key is never logged or echoed.
+leaks through timing. The key is never logged or echoed. Which keys exist is ``keys.KeyRing``'s
+business (the primary key plus the named keys of ``DATA_DIR/keys.json``); a request's
+``Principal`` (name, admin, limits) lands on ``request.state.principal``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -18,17 +18,19 @@ from fastapi import Request
 from fastapi.security import HTTPBearer
 
 from egemma.errors import AuthenticationError
+from egemma.keys import KeyRing, Principal, digest
 
 log = logging.getLogger(__name__)
 
 KEY_FILE = "api_key"
 
 # Declares the scheme in OpenAPI; we parse the header ourselves so every failure is our 401.
-bearer_scheme = HTTPBearer(auto_error=False, description="WORKBENCH_API_KEY")
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="WORKBENCH_API_KEY or a key made with `egemma keys add`"
+)
 
 
-def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+__all__ = ["digest", "is_admin", "principal_of", "provision_key", "require_api_key"]
 
 
 def provision_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -64,11 +66,24 @@ def announce_generated_key(key: str, path: Path) -> None:
     )
 
 
+def authorization_headers(request: Request) -> list[str]:
+    """Every ``Authorization`` field the client sent, read from the ASGI scope's raw header list.
+
+    ``request.headers.get`` returns only the first of several; a second ``Bearer wrong`` (or a
+    second valid key) would then pass unseen, and a proxy that reads the last one would disagree
+    with us about who is calling (issue 18, item 13).
+    """
+    raw: list[tuple[bytes, bytes]] = request.scope.get("headers") or []
+    return [value.decode("latin-1") for name, value in raw if name.lower() == b"authorization"]
+
+
 def presented_key(request: Request) -> str | None:
-    """The bearer token of the request, or None when the header is missing or malformed."""
-    header = request.headers.get("authorization")
-    if header is None:
+    """The bearer token of the request, or None when the header is missing, repeated or
+    malformed."""
+    headers = authorization_headers(request)
+    if len(headers) != 1:
         return None
+    header = headers[0]
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or any(ord(c) < 33 for c in token):
@@ -76,27 +91,44 @@ def presented_key(request: Request) -> str | None:
     return token
 
 
-async def require_api_key(request: Request) -> str:
-    """FastAPI dependency: 401 unless the request carries the server's key. Returns its digest."""
-    expected: bytes = request.app.state.egemma.api_key_digest
+def _ring(request: Request) -> KeyRing:
+    ring: KeyRing = request.app.state.egemma.keys
+    return ring
+
+
+def principal_of(request: Request) -> Principal | None:
+    """The caller's principal, or None when the request carries no single, known key."""
+    token = presented_key(request)
+    return None if token is None else _ring(request).lookup(token)
+
+
+async def require_api_key(request: Request) -> Principal:
+    """FastAPI dependency: 401 unless the request carries one known key. Returns its principal."""
     token = presented_key(request)
     if token is None:
+        if len(authorization_headers(request)) > 1:
+            raise AuthenticationError("Send exactly one Authorization header.")
         raise AuthenticationError("Missing or malformed Authorization header; use 'Bearer <key>'.")
-    got = digest(token)
-    if not hmac.compare_digest(got, expected):
+    principal = _ring(request).lookup(token)
+    if principal is None:
         raise AuthenticationError("Invalid API key.")
-    request.state.principal = got.hex()
-    return got.hex()
+    request.state.principal = principal
+    return principal
 
 
 def denies(request: Request) -> bool:
-    """True when the matched route is not public and the request lacks the right key. Used where
+    """True when the matched route is not public and the request lacks a known key. Used where
     routing fails before dependencies run (405 for HEAD/OPTIONS/PUT on a protected path), so an
     unauthenticated caller learns nothing about which methods exist. Deny by default."""
     route = request.scope.get("route")
     path = getattr(route, "path", None)
     if path is None or path in request.app.state.egemma.public_paths:
         return False
-    token = presented_key(request)
-    expected: bytes = request.app.state.egemma.api_key_digest
-    return token is None or not hmac.compare_digest(digest(token), expected)
+    return principal_of(request) is None
+
+
+def is_admin(request: Request) -> bool:
+    """For public routes that show more to an operator: True when the request carries an admin
+    key. Never raises; a missing or wrong key is simply not an admin."""
+    principal = principal_of(request)
+    return principal is not None and principal.admin

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from egemma.cache import TwoLevelCache
+from egemma.keys import KeyRing
 from egemma.lifecycle import Generations, drain, stop_now
 from egemma.metrics import Metrics
 from egemma.personas import PersonaRegistry
@@ -60,7 +61,7 @@ class AppState:
     store: Store
     rate_limiter: RateLimiter
     prompts: PromptFormats
-    api_key_digest: bytes
+    keys: KeyRing
     started_at: int
     generations: Generations = field(default_factory=Generations)
     metrics: Metrics = field(init=False)

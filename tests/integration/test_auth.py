@@ -187,3 +187,37 @@ def test_real_server_auth(live_server: LiveServer) -> None:
         assert ok.status_code == 200
         assert ok.json()["object"] == "list"
         assert ok.headers["x-request-id"].startswith("req_")
+
+
+DUPLICATES = [
+    [f"Bearer {TEST_KEY}", "Bearer wrong"],
+    ["Bearer wrong", f"Bearer {TEST_KEY}"],
+    [f"Bearer {TEST_KEY}", f"Bearer {TEST_KEY}"],
+]
+
+
+def test_two_authorization_headers_are_refused_on_every_protected_route(
+    settings: object, engines: object
+) -> None:
+    """Issue 18 item 13: the first header alone used to decide; now any repeat is a 401, on the
+    wire (httpx sends each tuple as its own header line) and on every protected route."""
+    app = create_app(settings, engines=engines)  # type: ignore[arg-type]
+    protected = [
+        (p, m) for p, m in route_table(app) if p not in PUBLIC and not p.startswith("/docs")
+    ]
+    server = LiveServer(app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base_url) as http:
+            assert http.get("/v1/models", headers=AUTH).status_code == 200
+            for route_path, methods in protected:
+                path = route_path.replace("{", "x").replace("}", "")
+                for method in sorted(methods | {"PUT"}):  # PUT: routing's 405 path
+                    for values in DUPLICATES:
+                        headers = [("Authorization", v) for v in values]
+                        resp = http.request(method, path, headers=headers)
+                        _check_401(resp)
+                        if method in methods - {"HEAD"}:
+                            assert "exactly one" in resp.json()["error"]["message"]
+    finally:
+        server.stop()

@@ -211,3 +211,30 @@ async def test_full_disk_cache_is_served_uncached() -> None:
         match = re.search(r'egemma_cache_errors_total\{cache="embeddings"\} (\S+)', metrics)
         assert match is not None
         assert float(match.group(1)) >= errors
+
+
+async def test_public_health_shows_no_absolute_paths(tmp_path: Path) -> None:
+    """Issue 18 item 15: model paths and DATA_DIR are not on the public /health; file names and
+    reasons are, and the key sees the full detail."""
+    broken = _missing(tmp_path)
+    env = {"CHAT_MODEL_PATH": str(broken), "CHAT_EXTRA_MODELS": ""}
+    async for http, app in _started(env):
+        settings = app.state.egemma.settings
+        public = await http.get("/health")
+        text = public.text
+        for secret in (str(tmp_path), str(Path.home()), str(settings.server.data_dir)):
+            assert secret not in text
+        assert not re.search(r'"/|\s/[a-z]', text), text
+        body = public.json()
+        assert "nope.gguf" in body["chat_model"]["reason"]  # what an operator needs stays
+        ready = await http.get("/ready")
+        assert "nope.gguf" in ready.json()["reasons"]["chat"]
+        assert str(tmp_path) not in ready.text
+        full = (await http.get("/health", headers=AUTH)).json()
+        assert str(broken) in full["chat_model"]["reason"]
+        embeddings = full["embedding_model"]
+        if embeddings["status"] == "loaded":  # the prepared model: its folder, in full
+            assert embeddings["path"].startswith("/")
+            assert body["embedding_model"]["path"] == Path(embeddings["path"]).name
+        wrong = await http.get("/health", headers={"Authorization": "Bearer wrong"})
+        assert str(tmp_path) not in wrong.text

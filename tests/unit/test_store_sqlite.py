@@ -334,3 +334,42 @@ def test_kill_9_during_writes_loses_no_committed_item(tmp_path: Path) -> None:
     stored = {r[0] for r in conn.execute("SELECT item_id FROM conversation_items")}
     conn.close()
     assert set(committed) <= stored
+
+
+async def test_rows_from_before_owners_belong_to_the_admin(tmp_path: Path) -> None:
+    """Migration v2 on a v1 database: existing rows are kept and owned by the primary key."""
+    from egemma.store.base import ADMIN, Owner
+    from egemma.store.migrations import MIGRATIONS
+
+    path = tmp_path / "egemma.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0].sql + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO responses (id, created_at, body) VALUES ('resp_old', 1, '{\"id\":1}')"
+    )
+    conn.execute(
+        "INSERT INTO conversations (id, created_at, metadata) VALUES ('conv_old', 1, '{}')"
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    await store.open()
+    alice = store.scoped(Owner("alice"))
+    assert await alice.responses.get("resp_old") is None
+    assert await alice.conversations.get("conv_old") is None
+    assert not await alice.conversations.delete("conv_old")
+    assert (await alice.conversations.list_conversations()).data == []
+    admin = store.scoped(ADMIN)
+    assert await admin.responses.get("resp_old") is not None
+    assert await admin.conversations.get("conv_old") is not None
+    # A named admin sees them too; rows alice writes are hers and visible to admins.
+    mine = await alice.conversations.create({}, _msgs("hers"))
+    assert await store.scoped(Owner("carol", admin=True)).conversations.get(mine["id"]) == mine
+    assert await store.scoped(Owner("bob")).conversations.get(mine["id"]) is None
+    assert (
+        await store.scoped(Owner("bob")).responses.find_item(
+            (await alice.conversations.all_items(mine["id"]) or [{}])[0]["id"]
+        )
+        is None
+    )
+    await store.close()

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query
 
 from egemma.api.deps import ConversationsDep as Service
+from egemma.api.deps import require_store
 from egemma.protocol.conversations import (
     ConversationCreateRequest,
     ConversationItemsCreateRequest,
@@ -14,7 +15,10 @@ from egemma.protocol.conversations import (
 )
 from egemma.ratelimit import rate_limit
 
-router = APIRouter(tags=["conversations"], dependencies=[Depends(rate_limit("conversation"))])
+router = APIRouter(
+    tags=["conversations"],
+    dependencies=[Depends(rate_limit("conversation")), Depends(require_store)],
+)
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1 to 100.")]
 After = Annotated[str | None, Query(description="Item id to continue after.")]

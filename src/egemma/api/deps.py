@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from egemma.errors import DrainingError, UnavailableError
+from egemma.errors import AuthenticationError, DrainingError, UnavailableError
+from egemma.keys import Principal
 from egemma.personas import PersonaRegistry
 from egemma.services.ast import AstService
 from egemma.services.conversations import ConversationService
@@ -16,7 +17,7 @@ from egemma.services.responses.chat import ChatCompletionsService
 from egemma.services.responses.service import ResponsesService
 from egemma.services.summarize.service import SummarizeService
 from egemma.state import AppState, Services
-from egemma.store.base import Store
+from egemma.store.base import Owner, Store
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -39,6 +40,12 @@ async def refuse_when_draining(request: Request) -> None:
         raise DrainingError()
 
 
+async def require_store(request: Request) -> None:
+    """On routes whose work needs the store: probe it first, so a broken or too-new database is
+    a 503 naming the store before anything runs (issue 18, item 12)."""
+    await app_state(request).store.check()
+
+
 def _responses(request: Request) -> ResponsesService:
     return services(request).responses
 
@@ -47,8 +54,21 @@ def _chat(request: Request) -> ChatCompletionsService:
     return services(request).chat
 
 
+def principal(request: Request) -> Principal:
+    """The authenticated caller (set by ``security.require_api_key``); deny by default."""
+    found: Principal | None = getattr(request.state, "principal", None)
+    if found is None:
+        raise AuthenticationError()
+    return found
+
+
+def _owner(request: Request) -> Owner:
+    return principal(request).owner
+
+
 def _conversations(request: Request) -> ConversationService:
-    return services(request).conversations
+    services(request)  # 503 while starting, like every service
+    return ConversationService(app_state(request).store.scoped(_owner(request)))
 
 
 def _summarize(request: Request) -> SummarizeService:
@@ -64,7 +84,8 @@ def _personas(request: Request) -> PersonaRegistry:
 
 
 def _store(request: Request) -> Store:
-    return app_state(request).store
+    """The store as the caller sees it: their own rows (every row for an admin key)."""
+    return app_state(request).store.scoped(_owner(request))
 
 
 def _embeddings(request: Request) -> EmbeddingService:
@@ -86,4 +107,5 @@ SummarizeDep = Annotated[SummarizeService, Depends(_summarize)]
 AstDep = Annotated[AstService, Depends(_ast)]
 PersonasDep = Annotated[PersonaRegistry, Depends(_personas)]
 StoreDep = Annotated[Store, Depends(_store)]
+OwnerDep = Annotated[Owner, Depends(_owner)]
 EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +13,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from egemma import __version__
 from egemma.api.deps import app_state
 from egemma.runtime import CAPABILITIES, Engines
+from egemma.security import is_admin
+from egemma.store.base import Store, StoreUnavailableError
 
 router = APIRouter(tags=["service"])
 
@@ -19,26 +24,52 @@ async def root() -> RedirectResponse:
     return RedirectResponse("/docs", status_code=307)
 
 
-def _entry(engines: Engines, key: str) -> dict[str, Any]:
+# An absolute (or home-relative) path inside a message: replaced by its last part on the public
+# /health, which must not map the host's file system (issue 18, item 15).
+_PATH = re.compile(r"(?<![\w.:/])~?/[^\s'\"(),;]*")
+
+
+def _public(text: str) -> str:
+    return _PATH.sub(lambda m: os.path.basename(m.group(0).rstrip("/")) or "/", text)
+
+
+def _entry(engines: Engines, key: str, full: bool) -> dict[str, Any]:
     status = engines.capability(key)
     entry: dict[str, Any] = {"name": status.name, "status": status.status}
     if status.reason:
-        entry["reason"] = status.reason
+        entry["reason"] = status.reason if full else _public(status.reason)
     if status.context_length is not None:
         entry["context_length"] = status.context_length
-    entry.update(status.detail)
+    for name, value in status.detail.items():
+        public = isinstance(value, str) and not full
+        entry[name] = _public(value) if public else value
+    return entry
+
+
+def _store_entry(store: Store) -> dict[str, Any]:
+    health = store.health()
+    entry: dict[str, Any] = {"status": health.status}
+    if health.reason:
+        entry["reason"] = health.reason
     return entry
 
 
 @router.get("/health", summary="Per-capability status")
 async def health(request: Request) -> dict[str, Any]:
+    """Reads what is known (no I/O), so it answers at once however busy the server is; the
+    store's entry is its last known state (``/ready`` and every store operation refresh it).
+
+    Public callers see file names, never absolute paths; an admin key sees the full paths."""
     state = app_state(request)
     engines = state.engines
+    full = is_admin(request)
     body: dict[str, Any] = {"version": __version__}
     states = []
     for key, legacy in CAPABILITIES.items():
-        body[legacy] = _entry(engines, key)
+        body[legacy] = _entry(engines, key, full)
         states.append(body[legacy]["status"])
+    body["store"] = _store_entry(state.store)
+    states.append(body["store"]["status"])
     if state.draining:
         overall = "draining"
     elif "error" in states:
@@ -50,7 +81,7 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": overall, **body}
 
 
-@router.get("/ready", summary="200 once every enabled capability is loaded")
+@router.get("/ready", summary="200 once every enabled capability and the store are usable")
 async def ready(request: Request) -> JSONResponse:
     state = app_state(request)
     engines = state.engines
@@ -59,8 +90,17 @@ async def ready(request: Request) -> JSONResponse:
     ]
     if state.draining:
         return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+    if state.started:
+        with contextlib.suppress(StoreUnavailableError):  # busy is not broken; health says which
+            await state.store.check()
+    reasons = {key: _public(engines.capability(key).reason or "") or None for key in waiting}
+    store = state.store.health()
+    if store.status != "ok":
+        waiting.append("store")
+        reasons["store"] = store.reason
     if waiting or not state.started:
-        return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
+        body = {"ready": False, "not_ready": waiting, "reasons": reasons}
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"ready": True})
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from egemma.api.deps import ResponsesDep
+from egemma.api.deps import OwnerDep, ResponsesDep, require_store
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ResponsesRequest
 from egemma.ratelimit import rate_limit
@@ -17,9 +17,11 @@ router = APIRouter(tags=["responses"])
 
 @router.post("/v1/responses", dependencies=[Depends(rate_limit("chat"))])
 async def create_response(
-    body: ResponsesRequest, request: Request, service: ResponsesDep
+    body: ResponsesRequest, request: Request, service: ResponsesDep, owner: OwnerDep
 ) -> Response:
-    prepared = await service.prepare(body)
+    if body.store is not False or body.conversation is not None:
+        await require_store(request)  # its answer is written after generation: check first
+    prepared = await service.prepare(body, owner)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
         return EventStreamResponse(run.events, on_close=run.close)
@@ -27,6 +29,8 @@ async def create_response(
 
 
 @router.post("/v1/responses/input_tokens")
-async def count_input_tokens(body: ResponsesRequest, service: ResponsesDep) -> dict[str, Any]:
-    tokens = await service.count_input_tokens(body)
+async def count_input_tokens(
+    body: ResponsesRequest, service: ResponsesDep, owner: OwnerDep
+) -> dict[str, Any]:
+    tokens = await service.count_input_tokens(body, owner)
     return {"object": "response.input_tokens", "input_tokens": tokens}

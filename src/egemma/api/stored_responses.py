@@ -9,12 +9,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from egemma.api.deps import StoreDep
+from egemma.api.deps import StoreDep, require_store
 from egemma.errors import NotFoundError
 from egemma.ratelimit import rate_limit
 from egemma.services.conversations import item_list
 
-router = APIRouter(tags=["responses"], dependencies=[Depends(rate_limit("chat"))])
+router = APIRouter(
+    tags=["responses"], dependencies=[Depends(rate_limit("chat")), Depends(require_store)]
+)
 
 
 def _not_found(response_id: str) -> NotFoundError:

@@ -28,6 +28,35 @@ class StoreUnavailableError(UnavailableError):
         super().__init__(message, retry_after=retry_after, code="store_unavailable")
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose rows these are: the API key's name. An admin sees every row; anyone else only their
+    own, and another owner's row is reported exactly like a missing one (no existence oracle)."""
+
+    name: str
+    admin: bool = False
+
+
+# The primary key (WORKBENCH_API_KEY / the generated key). Rows stored before owners existed
+# belong to it (migration v2).
+ADMIN = Owner("admin", admin=True)
+
+BROKEN_MESSAGE = (
+    "The store of responses and conversations is unavailable; see /health for the reason."
+)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """What ``/health``, ``/ready`` and ``/metrics`` say about the store (no I/O to read it).
+
+    ``reason`` names the problem without file paths (it is shown on the public ``/health``).
+    """
+
+    status: Literal["ok", "error", "not_opened"] = "not_opened"
+    reason: str | None = None
+
+
 class DuplicateItemError(InvalidRequestError):
     def __init__(self, item_id: str, param: str | None = None) -> None:
         super().__init__(
@@ -137,7 +166,8 @@ class Store(Protocol):
     """Everything the services need: ``store.responses`` and ``store.conversations``.
 
     ``open`` creates the database and runs migrations (also done lazily on first use);
-    ``close`` releases connections and files.
+    ``close`` releases connections and files. The store itself acts as ``ADMIN``; requests use
+    ``scoped(owner)``.
     """
 
     @property
@@ -149,3 +179,17 @@ class Store(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def scoped(self, owner: Owner) -> Store:
+        """A view whose ``responses`` and ``conversations`` see and write only ``owner``'s rows
+        (all rows for an admin). It shares the store's connections; closing it is a no-op."""
+
+    def health(self) -> StoreHealth:
+        """The last known state, updated by every operation and by ``check``; no I/O."""
+
+    async def check(self) -> None:
+        """Probe the store now (cheap): ``StoreUnavailableError`` unless it can be used.
+
+        Routes whose work ends in a write call this *before* the model runs, so a broken store
+        is a 503 up front, never a generation whose answer then cannot be kept.
+        """

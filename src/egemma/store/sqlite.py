@@ -15,6 +15,7 @@ seconds have passed; then ``StoreUnavailableError`` (503 + ``Retry-After``), nev
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ from typing import Literal, TypeVar
 import anyio.to_thread
 
 from egemma.settings import Settings
-from egemma.store.base import StoreUnavailableError
+from egemma.store.base import BROKEN_MESSAGE, Owner, StoreHealth, StoreUnavailableError
 from egemma.store.migrations import LATEST, MIGRATIONS
 from egemma.store.sqlite_tables import SqliteConversations, SqliteResponses
 
@@ -36,10 +37,15 @@ T = TypeVar("T")
 Synchronous = Literal["NORMAL", "FULL"]
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer eGemma; refuse rather than corrupt it."""
+
+
+class StoreReplacedError(RuntimeError):
+    """The file at the store's path is no longer the one the server opened."""
 
 
 class SqliteStore:
@@ -64,12 +70,14 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._opened = False
         self._closed = False
+        self._health = StoreHealth()
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened file
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the file if needed and migrate it; later calls are no-ops."""
-        await anyio.to_thread.run_sync(self._with_retry, lambda _deadline: self._ensure_open())
+        """Create the file if needed, migrate it and probe it (``check``)."""
+        await self.check()
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self.close_sync)
@@ -83,6 +91,64 @@ class SqliteStore:
             except queue.Empty:
                 break
             self._close_connection(conn)
+
+    def scoped(self, owner: Owner) -> SqliteScope:
+        return SqliteScope(self, owner)
+
+    # -- health -------------------------------------------------------------------------------
+
+    def health(self) -> StoreHealth:
+        return self._health
+
+    async def check(self) -> None:
+        """Open if needed, then a read transaction that reads the schema (microseconds)."""
+        await anyio.to_thread.run_sync(
+            self._with_retry, lambda d: self._transact(self._probe, False, d)
+        )
+        # Only a probe clears an error: a read served from the page cache or a write that went
+        # to the WAL says nothing about a database file that is corrupt underneath.
+        self._mark_ok()
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """A read that fails on a corrupt file, a missing table or a schema changed underneath.
+
+        The file's header is read directly too: an open connection serves pages from its cache
+        and would not notice garbage written over the file."""
+        with open(self.path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise sqlite3.DatabaseError("file is not a database (its header was overwritten)")
+        refuse_newer(conn)
+        for table in ("responses", "conversations"):
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+
+    def _mark_broken(self, reason: str) -> None:
+        if self._health.reason != reason:  # one line per new problem, not one per request
+            log.error(
+                "store %s unusable: %s; serving without it: stored responses and conversations "
+                "answer 503 until it is fixed (nothing on disk was changed)",
+                self.path,
+                reason,
+            )
+        self._health = StoreHealth("error", reason)
+
+    def _mark_ok(self) -> None:
+        if self._health.status == "error":
+            log.warning("store %s usable again", self.path)
+        self._health = StoreHealth("ok")
+
+    def _check_file(self) -> None:
+        """A store file removed or replaced under a running server (restore, ``rm``, a volume
+        swap) would otherwise keep being served from the old, unlinked inode and lose every write
+        at the next restart."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._file_id:
+            raise StoreReplacedError(
+                f"{self.path.name} was removed or replaced while the server ran; restart eGemma"
+            )
 
     # -- running work ---------------------------------------------------------------------------
 
@@ -118,30 +184,49 @@ class SqliteStore:
         delay = 0.005
         while True:
             try:
-                return attempt(deadline)
+                result = attempt(deadline)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:
                     raise self._broken(exc) from exc
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning("store locked for %.1fs; answering 503", self.busy_timeout)
-                    raise StoreUnavailableError() from exc
-                time.sleep(min(delay, remaining))
+                self._back_off(deadline, delay, exc)
                 delay = min(delay * 2, 0.2)
+                continue
             except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.ProgrammingError):
                 raise
-            except (sqlite3.DatabaseError, OSError) as exc:  # corrupt, disk full, I/O, perms
-                raise self._broken(exc) from exc
+            except (sqlite3.DatabaseError, OSError, SchemaTooNewError, StoreReplacedError) as exc:
+                raise self._broken(exc) from exc  # corrupt, too new, replaced, disk, perms
+            return result
+
+    def _back_off(self, deadline: float, delay: float, exc: Exception) -> None:
+        """Sleep before the next attempt on a locked database, or 503 when out of budget."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.warning("store locked for %.1fs; answering 503", self.busy_timeout)
+            raise StoreUnavailableError() from exc
+        time.sleep(min(delay, remaining))
 
     def _broken(self, exc: Exception) -> StoreUnavailableError:
-        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-        log.error("store %s unusable: %s (%s)", self.path, exc, name)
-        return StoreUnavailableError("The store is unavailable.", retry_after=5)
+        self._mark_broken(self._reason(exc))
+        return StoreUnavailableError(BROKEN_MESSAGE, retry_after=5)
+
+    def _reason(self, exc: Exception) -> str:
+        """Why, without the path (``/health`` is public)."""
+        if isinstance(exc, SchemaTooNewError | StoreReplacedError):
+            return str(exc)
+        if self.path.is_dir():
+            return f"{self.path.name} is a directory, not a database file"
+        if isinstance(exc, sqlite3.Error):
+            name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+            return f"{exc} ({name})"
+        if isinstance(exc, OSError):
+            return exc.strerror or type(exc).__name__
+        return str(exc)
 
     # -- connections ----------------------------------------------------------------------------
 
     def _acquire(self, deadline: float) -> sqlite3.Connection:
         self._ensure_open()
+        self._check_file()
         remaining = max(0.0, deadline - time.monotonic())
         conn = self._take(remaining)
         # Let SQLite's own busy handler wait, but never beyond this call's budget.
@@ -210,30 +295,61 @@ class SqliteStore:
             try:
                 busy_ms = int(self.busy_timeout * 1000)
                 conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                # Read the version before anything writes: a newer schema is left untouched
+                # (not even its journal mode changes).
+                refuse_newer(conn)
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     log.warning("store %s: journal_mode is %s, not wal", self.path, mode)
                 migrate(conn)
-            except SchemaTooNewError as exc:
-                log.error("store %s: %s", self.path, exc)
-                raise StoreUnavailableError("The store is unavailable.", retry_after=60) from exc
+                st = os.stat(self.path)
             finally:
                 conn.close()
+            self._file_id = (st.st_dev, st.st_ino)
             self._opened = True
             log.info("store ready at %s (schema v%d)", self.path, LATEST)
+
+
+class SqliteScope:
+    """``store.scoped(owner)``: the same database and connections, seen as one owner."""
+
+    def __init__(self, store: SqliteStore, owner: Owner) -> None:
+        self._store = store
+        self.owner = owner
+        self.responses = SqliteResponses(store, owner)
+        self.conversations = SqliteConversations(store, owner)
+
+    def scoped(self, owner: Owner) -> SqliteScope:
+        return SqliteScope(self._store, owner)
+
+    async def open(self) -> None:
+        await self._store.open()
+
+    async def close(self) -> None:
+        """The store owns the connections; a view has nothing to close."""
+
+    def health(self) -> StoreHealth:
+        return self._store.health()
+
+    async def check(self) -> None:
+        await self._store.check()
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations in one transaction each; return the resulting version."""
+def refuse_newer(conn: sqlite3.Connection) -> None:
     current = schema_version(conn)
     if current > LATEST:
         raise SchemaTooNewError(
             f"store schema v{current} is newer than this eGemma (v{LATEST}); upgrade eGemma"
         )
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations in one transaction each; return the resulting version."""
+    refuse_newer(conn)
     for migration in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")
         try:

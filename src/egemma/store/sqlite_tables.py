@@ -1,4 +1,8 @@
-"""SQL for stored responses and conversations; each method is one short transaction."""
+"""SQL for stored responses and conversations; each method is one short transaction.
+
+Each table object acts for one ``Owner``: it writes rows under the owner's name and, unless the
+owner is an admin, sees only those rows, so another key's id reads exactly like an unknown one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from egemma.ids import new_id
-from egemma.store.base import CursorNotFoundError, DuplicateItemError, Item, Order, Page
+from egemma.store.base import (
+    ADMIN,
+    CursorNotFoundError,
+    DuplicateItemError,
+    Item,
+    Order,
+    Owner,
+    Page,
+)
 
 if TYPE_CHECKING:
     from egemma.store.sqlite import SqliteStore
@@ -23,6 +35,13 @@ def _item_id(item: Item) -> str:
     if not isinstance(item_id, str) or not item_id:
         raise ValueError("stored items need an id (resolve item_reference first)")
     return item_id
+
+
+def _mine(owner: Owner, alias: str = "") -> tuple[str, list[Any]]:
+    """The SQL condition (to AND in) and its argument that limit a query to ``owner``'s rows."""
+    if owner.admin:
+        return "", []
+    return f" AND {alias}owner = ?", [owner.name]
 
 
 def _page(
@@ -64,8 +83,10 @@ def _page(
 class SqliteResponses:
     """``ResponseStore`` on the ``responses`` and ``response_items`` tables."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, owner: Owner = ADMIN) -> None:
         self._store = store
+        self._owner = owner
+        self._mine, self._mine_args = _mine(owner)
 
     async def save(self, response: Item, input_items: list[Item]) -> None:
         response_id = str(response["id"])
@@ -78,8 +99,8 @@ class SqliteResponses:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM responses WHERE id = ?", (response_id,))
             cur = conn.execute(
-                "INSERT INTO responses (id, created_at, body) VALUES (?, ?, ?)",
-                (response_id, created_at, body),
+                "INSERT INTO responses (id, created_at, body, owner) VALUES (?, ?, ?, ?)",
+                (response_id, created_at, body, self._owner.name),
             )
             seq = cur.lastrowid
             conn.executemany(
@@ -93,7 +114,8 @@ class SqliteResponses:
     async def get(self, response_id: str) -> tuple[Item, list[Item]] | None:
         def run(conn: sqlite3.Connection) -> tuple[Item, list[Item]] | None:
             row = conn.execute(
-                "SELECT seq, body FROM responses WHERE id = ?", (response_id,)
+                "SELECT seq, body FROM responses WHERE id = ?" + self._mine,
+                [response_id, *self._mine_args],
             ).fetchone()
             if row is None:
                 return None
@@ -108,7 +130,10 @@ class SqliteResponses:
 
     async def delete(self, response_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+            cur = conn.execute(
+                "DELETE FROM responses WHERE id = ?" + self._mine, [response_id, *self._mine_args]
+            )
+            return cur.rowcount > 0
 
         return await self._store.write(run)
 
@@ -134,7 +159,10 @@ class SqliteResponses:
             return row[0]
 
         def run(conn: sqlite3.Connection) -> Page | None:
-            row = conn.execute("SELECT seq FROM responses WHERE id = ?", (response_id,)).fetchone()
+            row = conn.execute(
+                "SELECT seq FROM responses WHERE id = ?" + self._mine,
+                [response_id, *self._mine_args],
+            ).fetchone()
             if row is None:
                 return None
             seq = row[0]
@@ -152,17 +180,20 @@ class SqliteResponses:
         return await self._store.read(run)
 
     async def find_item(self, item_id: str) -> Item | None:
+        by_response, args = _mine(self._owner, "r.")
+        by_conversation, _ = _mine(self._owner, "c.")
+
         def run(conn: sqlite3.Connection) -> Item | None:
             found = conn.execute(
                 "SELECT body, created_at FROM ("
                 " SELECT i.body AS body, r.created_at AS created_at, r.seq AS s, 1 AS src"
                 " FROM response_items i JOIN responses r ON r.seq = i.response_seq"
-                " WHERE i.item_id = ?"
-                " UNION ALL"
-                " SELECT body, created_at, seq AS s, 0 AS src FROM conversation_items"
-                " WHERE item_id = ?"
+                " WHERE i.item_id = ?" + by_response + " UNION ALL"
+                " SELECT i.body, i.created_at, i.seq AS s, 0 AS src FROM conversation_items i"
+                " JOIN conversations c ON c.seq = i.conversation_seq"
+                " WHERE i.item_id = ?" + by_conversation + ""
                 ") ORDER BY created_at DESC, src DESC, s DESC LIMIT 1",
-                (item_id, item_id),
+                [item_id, *args, item_id, *args],
             ).fetchone()
             return None if found is None else json.loads(found[0])
 
@@ -172,8 +203,10 @@ class SqliteResponses:
 class SqliteConversations:
     """``ConversationStore`` on the ``conversations`` and ``conversation_items`` tables."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, owner: Owner = ADMIN) -> None:
         self._store = store
+        self._owner = owner
+        self._mine, self._mine_args = _mine(owner)
 
     @staticmethod
     def _object(conv_id: str, created_at: int, metadata: str) -> Item:
@@ -184,10 +217,10 @@ class SqliteConversations:
             "metadata": json.loads(metadata),
         }
 
-    @staticmethod
-    def _seq(conn: sqlite3.Connection, conversation_id: str) -> int | None:
+    def _seq(self, conn: sqlite3.Connection, conversation_id: str) -> int | None:
         row = conn.execute(
-            "SELECT seq FROM conversations WHERE id = ?", (conversation_id,)
+            "SELECT seq FROM conversations WHERE id = ?" + self._mine,
+            [conversation_id, *self._mine_args],
         ).fetchone()
         return None if row is None else int(row[0])
 
@@ -211,8 +244,8 @@ class SqliteConversations:
 
         def run(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "INSERT INTO conversations (id, created_at, metadata) VALUES (?, ?, ?)",
-                (conv_id, created_at, meta),
+                "INSERT INTO conversations (id, created_at, metadata, owner) VALUES (?, ?, ?, ?)",
+                (conv_id, created_at, meta, self._owner.name),
             )
             self._insert_items(conn, int(cur.lastrowid or 0), items)
 
@@ -222,8 +255,8 @@ class SqliteConversations:
     async def get(self, conversation_id: str) -> Item | None:
         def run(conn: sqlite3.Connection) -> Item | None:
             row = conn.execute(
-                "SELECT id, created_at, metadata FROM conversations WHERE id = ?",
-                (conversation_id,),
+                "SELECT id, created_at, metadata FROM conversations WHERE id = ?" + self._mine,
+                [conversation_id, *self._mine_args],
             ).fetchone()
             return None if row is None else self._object(*row)
 
@@ -232,12 +265,12 @@ class SqliteConversations:
     async def update(self, conversation_id: str, metadata: dict[str, str]) -> Item | None:
         def run(conn: sqlite3.Connection) -> Item | None:
             conn.execute(
-                "UPDATE conversations SET metadata = ? WHERE id = ?",
-                (_dumps(metadata), conversation_id),
+                "UPDATE conversations SET metadata = ? WHERE id = ?" + self._mine,
+                [_dumps(metadata), conversation_id, *self._mine_args],
             )
             row = conn.execute(
-                "SELECT id, created_at, metadata FROM conversations WHERE id = ?",
-                (conversation_id,),
+                "SELECT id, created_at, metadata FROM conversations WHERE id = ?" + self._mine,
+                [conversation_id, *self._mine_args],
             ).fetchone()
             return None if row is None else self._object(*row)
 
@@ -245,7 +278,10 @@ class SqliteConversations:
 
     async def delete(self, conversation_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            cur = conn.execute(
+                "DELETE FROM conversations WHERE id = ?" + self._mine,
+                [conversation_id, *self._mine_args],
+            )
             return cur.rowcount > 0
 
         return await self._store.write(run)
@@ -311,8 +347,8 @@ class SqliteConversations:
             row = conn.execute(
                 "SELECT i.body FROM conversation_items i "
                 "JOIN conversations c ON c.seq = i.conversation_seq "
-                "WHERE c.id = ? AND i.item_id = ?",
-                (conversation_id, item_id),
+                "WHERE c.id = ? AND i.item_id = ?" + _mine(self._owner, "c.")[0],
+                [conversation_id, item_id, *self._mine_args],
             ).fetchone()
             return None if row is None else json.loads(row[0])
 
@@ -343,8 +379,8 @@ class SqliteConversations:
                 "SELECT json_set(json_object('id', id, 'object', 'conversation', "
                 "'created_at', created_at, 'metadata', json(metadata)), '$.item_count', "
                 "(SELECT count(*) FROM conversation_items i WHERE i.conversation_seq = c.seq)) "
-                ", seq AS pos FROM conversations c WHERE 1 = 1",
-                [],
+                ", seq AS pos FROM conversations c WHERE 1 = 1" + _mine(self._owner, "c.")[0],
+                list(self._mine_args),
                 after=cursor,
                 before=None,
                 limit=limit,

@@ -18,6 +18,7 @@ from egemma.ids import new_id
 from egemma.protocol.responses import ChatCompletionRequest, ResponsesRequest
 from egemma.services.generation import TERMINAL, Run
 from egemma.services.responses.service import Prepared, ResponsesService
+from egemma.store.base import Owner
 
 Item = dict[str, Any]
 
@@ -261,8 +262,8 @@ class ChatCompletionsService:
     def __init__(self, responses: ResponsesService) -> None:
         self.responses = responses
 
-    async def prepare(self, body: ChatCompletionRequest) -> ChatPrepared:
-        prepared = await self.responses.prepare(to_responses_request(body))
+    async def prepare(self, body: ChatCompletionRequest, owner: Owner) -> ChatPrepared:
+        prepared = await self.responses.prepare(to_responses_request(body), owner)
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return ChatPrepared(prepared, body.model or prepared.engine.name, include_usage)
 

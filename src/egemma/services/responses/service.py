@@ -44,7 +44,7 @@ from egemma.services.responses.tools import (
 from egemma.services.responses.truncation import truncate
 from egemma.services.responses.turns import items_to_turns
 from egemma.settings import Settings
-from egemma.store.base import Store
+from egemma.store.base import Owner, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Prepared:
     tool_mode: ToolMode
     context: Context
     store: bool
+    records: Store  # the store as the caller's key sees it (owner-scoped)
 
 
 @dataclass
@@ -88,13 +89,13 @@ class ResponsesService:
 
     # -- preparation --------------------------------------------------------------------------
 
-    async def _draft(self, req: ResponsesRequest) -> _Draft:
+    async def _draft(self, req: ResponsesRequest, records: Store) -> _Draft:
         """Everything a request implies before budgets: engine, tools, context, turns."""
         chat = self.settings.chat
         engine = resolve_engine(self.engines, chat, req.model)
         tools = await anyio.to_thread.run_sync(parse_tools, req.tools)
         tool_mode = parse_tool_choice(req.tool_choice, tools)
-        context = await load_context(self.store, req)
+        context = await load_context(records, req)
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
         check_text_format(text)
@@ -109,9 +110,11 @@ class ResponsesService:
         turns = items_to_turns(context.items)
         return _Draft(engine, tools, tool_mode, context, effort, plan, turns)
 
-    async def prepare(self, req: ResponsesRequest) -> Prepared:
+    async def prepare(self, req: ResponsesRequest, owner: Owner) -> Prepared:
+        """``owner`` (the caller's key) scopes every stored row the request reads or writes."""
         metadata = validate_metadata(req.metadata)
-        d = await self._draft(req)
+        records = self.store.scoped(owner)
+        d = await self._draft(req, records)
         engine, chat = d.engine, self.settings.chat
         if req.truncation == "auto":
             plan = await anyio.to_thread.run_sync(
@@ -147,10 +150,10 @@ class ResponsesService:
         )
         summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
         builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in d.tools})
-        return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store)
+        return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store, records)
 
-    async def count_input_tokens(self, req: ResponsesRequest) -> int:
-        d = await self._draft(req)
+    async def count_input_tokens(self, req: ResponsesRequest, owner: Owner) -> int:
+        d = await self._draft(req, self.store.scoped(owner))
         plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
         return len(plan.tokens)
 
@@ -252,10 +255,10 @@ class ResponsesService:
         response = p.builder.response
         context = p.context
         if p.store:
-            await self.store.responses.save(response, context.new_items)
+            await p.records.responses.save(response, context.new_items)
         if context.conversation_id:
             # Items the client replayed from the conversation are already in it.
             known = {i["id"] for i in context.history if "id" in i}
             fresh = [i for i in context.new_items if i.get("id") not in known]
             outputs = [dict(item) for item in response["output"]]
-            await self.store.conversations.add_items(context.conversation_id, [*fresh, *outputs])
+            await p.records.conversations.add_items(context.conversation_id, [*fresh, *outputs])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from egemma.store.migrations import v0001_initial
+from egemma.store.migrations import v0001_initial, v0002_owners
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = tuple(
     Migration(module.VERSION, module.__name__.rsplit(".", 1)[-1], module.SQL)
-    for module in (v0001_initial,)
+    for module in (v0001_initial, v0002_owners)
 )
 
 LATEST = MIGRATIONS[-1].version
