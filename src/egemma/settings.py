@@ -170,7 +170,7 @@ class SummarySettings(BaseSettings):
         description="Content tokens per map-reduce part (0: what the model's context allows).",
     )
     max_chunks: int = Field(
-        64, ge=1, le=10_000, description="Most parts one file may be split into (413 beyond)."
+        16, ge=1, le=10_000, description="Most parts one file may be split into (413 beyond)."
     )
     cache_max_size: int = Field(
         256, ge=0, le=1_000_000, description="Summaries kept in the in-memory LRU."

@@ -199,6 +199,7 @@ def _deep(depth: int) -> dict[str, Any]:
     return schema
 
 
+NESTED = "((a{20}){99}){99}"  # 196,020 repetitions once expanded
 TOOLS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
     "1000 tools": ([_tool(f"f{i}") for i in range(1000)], "too_many_tools"),
     "1 MB description": (
@@ -222,7 +223,7 @@ TOOLS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
     ),
     "maxItems bomb": ([_tool(type="array", maxItems=10**9)], "schema_too_complex"),
     "nested quantifiers": (
-        [_tool(type="object", properties={"a": {"type": "string", "pattern": "((a{9}){99}){99}"}})],
+        [_tool(type="object", properties={"a": {"type": "string", "pattern": NESTED}})],
         "schema_too_complex",
     ),
     "many long strings": (

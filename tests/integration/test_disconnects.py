@@ -267,3 +267,59 @@ def test_rate_limit_counts_a_stream_once_and_ignores_forwarded_for() -> None:
                 assert "Rate limit exceeded. Try again in" in over.json()["error"]["message"]
     finally:
         server.stop()
+
+
+@pytest.fixture
+def flood() -> FakeChatEngine:
+    """Fast, long, wide: fills any socket buffer in a moment."""
+    return FakeChatEngine("flood", script=("x" * 200 + " ") * 100_000, queue_size=2, n_ctx=200_000)
+
+
+def test_a_client_that_stops_reading_loses_its_slot(flood: FakeChatEngine) -> None:
+    settings = make_settings(
+        WORKBENCH_API_KEY=TEST_KEY, CHAT_RATE_LIMIT_CALLS=1_000_000, STREAM_WRITE_TIMEOUT=1
+    )
+    server = LiveServer(create_app(settings, engines=fake_engines(flood, FakeChatEngine("quick"))))
+    server.start()
+    try:
+        request = {"model": "flood", "input": "hi", "stream": True, "max_output_tokens": 150_000}
+        body = json.dumps(request)
+        head = (
+            "POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TEST_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall((head + body).encode())
+        # Never read; keep the socket open. The write deadline must end the generation.
+        wait_until(lambda: flood.cancelled == 1, seconds=60)
+        wait_until(lambda: idle(flood))
+        assert flood.tokens_generated < 100_000  # stopped, did not run to the end
+        served(server)
+        sock.close()
+    finally:
+        server.stop()
+
+
+def test_a_summary_stops_when_its_client_leaves() -> None:
+    """Non-streamed work has nobody writing to the client: a watcher notices it left."""
+    slow = FakeChatEngine("slow", script=LONG, delay=DELAY, n_ctx=8192)
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY, SUMMARIZE_RATE_LIMIT_CALLS=1000)
+    server = LiveServer(create_app(settings, engines=fake_engines(slow, summary=True)))
+    server.start()
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{server.base_url}/summarize",
+                files={"file": ("a.py", b"def f():\n    return 1\n")},
+                data={"max_tokens": "4000"},
+                headers=AUTH,
+                timeout=1.0,
+            )
+        wait_until(lambda: slow.cancelled == 1, seconds=30)
+        assert_stopped(slow)
+        assert slow.tokens_generated < 2000
+    finally:
+        server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from egemma.api.deps import ChatDep, OwnerDep
+from egemma.api.deps import ChatDep, OwnerDep, StateDep
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ChatCompletionRequest
 from egemma.ratelimit import rate_limit
@@ -15,12 +15,19 @@ router = APIRouter(tags=["chat"])
 
 @router.post("/v1/chat/completions", dependencies=[Depends(rate_limit("chat"))])
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, service: ChatDep, owner: OwnerDep
+    body: ChatCompletionRequest,
+    request: Request,
+    service: ChatDep,
+    owner: OwnerDep,
+    state: StateDep,
 ) -> Response:
     prepared = await service.prepare(body, owner)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
         return EventStreamResponse(
-            service.chunks(prepared, run), on_close=run.close, framing="chat"
+            service.chunks(prepared, run),
+            on_close=run.close,
+            framing="chat",
+            write_timeout=state.settings.server.stream_write_timeout,
         )
     return JSONResponse(await service.complete(prepared, run, request.is_disconnected))

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from egemma.api.deps import OwnerDep, ResponsesDep, require_store
+from egemma.api.deps import OwnerDep, ResponsesDep, StateDep, require_store
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ResponsesRequest
 from egemma.ratelimit import rate_limit
@@ -17,14 +17,19 @@ router = APIRouter(tags=["responses"])
 
 @router.post("/v1/responses", dependencies=[Depends(rate_limit("chat"))])
 async def create_response(
-    body: ResponsesRequest, request: Request, service: ResponsesDep, owner: OwnerDep
+    body: ResponsesRequest,
+    request: Request,
+    service: ResponsesDep,
+    owner: OwnerDep,
+    state: StateDep,
 ) -> Response:
     if body.store is not False or body.conversation is not None:
         await require_store(request)  # its answer is written after generation: check first
     prepared = await service.prepare(body, owner)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
-        return EventStreamResponse(run.events, on_close=run.close)
+        timeout = state.settings.server.stream_write_timeout
+        return EventStreamResponse(run.events, on_close=run.close, write_timeout=timeout)
     return JSONResponse(await run.final(request.is_disconnected))
 
 

@@ -16,16 +16,22 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
+import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 10.0
+WRITE_TIMEOUT_SECONDS = 30.0
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 Framing = Literal["responses", "chat"]
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+class ClientStalledError(Exception):
+    """A write to the client did not complete within the write deadline."""
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -91,7 +97,11 @@ async def sse_bytes(
 
 class EventStreamResponse(StreamingResponse):
     """SSE response that always cleans up in its own ``finally`` — not the generator's, which
-    never runs when Starlette abandons it on disconnect (reliability.md §1)."""
+    never runs when Starlette abandons it on disconnect (reliability.md §1).
+
+    Every write has a deadline: a client that keeps its socket open but stops reading blocks
+    our writes once the socket buffers fill; after ``write_timeout`` seconds the stream ends and
+    ``on_close`` stops its generation, so the model slot goes to the next caller."""
 
     media_type = "text/event-stream"
 
@@ -100,14 +110,31 @@ class EventStreamResponse(StreamingResponse):
         events: AsyncIterator[dict[str, Any]],
         on_close: Callable[[], None],
         framing: Framing = "responses",
+        write_timeout: float = WRITE_TIMEOUT_SECONDS,
     ) -> None:
         self._events = events
         self._on_close = on_close
+        self._write_timeout = write_timeout
+        self._stalled = False
         super().__init__(sse_bytes(events, framing=framing), headers=HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed_send(message: Message) -> None:
+            with anyio.move_on_after(self._write_timeout) as deadline:
+                await send(message)
+            if deadline.cancelled_caught:
+                self._stalled = True
+                raise ClientStalledError
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed_send)
+        except Exception:
+            if not self._stalled:
+                raise
+            log.warning(
+                "client read nothing for %gs: stream closed, generation stopped",
+                self._write_timeout,
+            )
         finally:
             self._on_close()
             await asyncio.shield(self._close_iterators())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +182,35 @@ async def count_prompt_tokens(prompter: Prompter, turns: Sequence[Turn]) -> int:
     return len(plan.tokens)
 
 
+DISCONNECT_POLL_SECONDS = 0.5
+
+
+@asynccontextmanager
+async def stop_when_gone(
+    is_disconnected: Disconnected | None, cancel: threading.Event
+) -> AsyncIterator[None]:
+    """Set ``cancel`` within half a second of the client leaving, while the body runs: a
+    non-streamed generation has nobody writing to the client who would notice otherwise."""
+    if is_disconnected is None:
+        yield
+        return
+    check = is_disconnected
+
+    async def watch() -> None:
+        while not cancel.is_set():
+            if await check():
+                cancel.set()
+                return
+            await anyio.sleep(DISCONNECT_POLL_SECONDS)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
+
+
 async def complete_text(
     engine: ChatEngine,
     prompter: Prompter,
@@ -199,12 +229,14 @@ async def complete_text(
     parser = plan.make_parser()
     parts: list[str] = []
     slot = await admit(engine, is_disconnected)
-    stream = generate(engine, plan, params, threading.Event())
+    cancel = threading.Event()
+    stream = generate(engine, plan, params, cancel)
     try:
-        feed_all(parser, plan.prefill)
-        async for token in stream:
-            parts += [d.text for d in parser.feed(token) if d.kind == "text"]
-        parts += [d.text for d in parser.finish() if d.kind == "text"]
+        async with stop_when_gone(is_disconnected, cancel):
+            feed_all(parser, plan.prefill)
+            async for token in stream:
+                parts += [d.text for d in parser.feed(token) if d.kind == "text"]
+            parts += [d.text for d in parser.finish() if d.kind == "text"]
     finally:
         await stream.aclose()
         slot.release()
