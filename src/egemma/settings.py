@@ -217,7 +217,15 @@ class EmbeddingSettings(BaseSettings):
     threads: int = Field(0, ge=0, le=1024, description="Intra-op threads (0: all cores).")
     max_batch_size: int = Field(32, ge=1, le=4096, description="Largest dynamic batch.")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Batch gathering window.")
-    queue_size: int = Field(1024, ge=1, le=1_000_000, description="Texts that may wait.")
+    queue_size: int = Field(
+        1024, ge=1, le=1_000_000, description="Texts that may wait (also the most per request)."
+    )
+    max_request_chars: int = Field(
+        2_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Characters one request may embed in all (400 beyond).",
+    )
     cache_max_size: int = Field(
         10_000,
         ge=0,

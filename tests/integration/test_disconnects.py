@@ -272,7 +272,8 @@ def test_rate_limit_counts_a_stream_once_and_ignores_forwarded_for() -> None:
 @pytest.fixture
 def flood() -> FakeChatEngine:
     """Fast, long, wide: fills any socket buffer in a moment."""
-    return FakeChatEngine("flood", script=("x" * 200 + " ") * 100_000, queue_size=2, n_ctx=200_000)
+    script = ("x" * 2000 + " ") * 20_000
+    return FakeChatEngine("flood", script=script, delay=0.001, queue_size=2, n_ctx=200_000)
 
 
 def test_a_client_that_stops_reading_loses_its_slot(flood: FakeChatEngine) -> None:
@@ -296,7 +297,7 @@ def test_a_client_that_stops_reading_loses_its_slot(flood: FakeChatEngine) -> No
         # Never read; keep the socket open. The write deadline must end the generation.
         wait_until(lambda: flood.cancelled == 1, seconds=60)
         wait_until(lambda: idle(flood))
-        assert flood.tokens_generated < 100_000  # stopped, did not run to the end
+        assert flood.tokens_generated < 20_000  # stopped, did not run to the end
         served(server)
         sock.close()
     finally:
@@ -321,5 +322,37 @@ def test_a_summary_stops_when_its_client_leaves() -> None:
         wait_until(lambda: slow.cancelled == 1, seconds=30)
         assert_stopped(slow)
         assert slow.tokens_generated < 2000
+    finally:
+        server.stop()
+
+
+def test_embeddings_stop_when_their_client_leaves() -> None:
+    """Texts still queued when the client gives up are never encoded."""
+    from tests.fakes.embeddings import FakeEmbeddingEngine
+
+    fake = FakeEmbeddingEngine(dimension=16, delay=0.05)
+    engines = fake_engines(FakeChatEngine("quick"))
+    engines.embedding = fake
+    engines.capability("embeddings").status = "loaded"
+    settings = make_settings(
+        WORKBENCH_API_KEY=TEST_KEY, EMBED_RATE_LIMIT_CALLS=1000, EMBEDDING_MAX_BATCH_SIZE=4
+    )
+    server = LiveServer(create_app(settings, engines=engines))
+    server.start()
+    try:
+        texts = [f"text {i}" for i in range(1000)]  # 250 batches of 50 ms: 12 s of work
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{server.base_url}/v1/embeddings",
+                json={"input": texts, "model": "m"},
+                headers=AUTH,
+                timeout=1.0,
+            )
+        wait_until(lambda: fake.texts_encoded > 0)
+        time.sleep(2)  # the watcher polls every half second; one batch may still finish
+        settled = fake.texts_encoded
+        time.sleep(1)
+        assert fake.texts_encoded == settled
+        assert settled < len(texts)
     finally:
         server.stop()

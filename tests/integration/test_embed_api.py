@@ -7,7 +7,9 @@ import base64
 import httpx
 import numpy as np
 import pytest
+from asgi_lifespan import LifespanManager
 
+from egemma.app import create_app
 from egemma.runtime import Engines
 from egemma.settings import Settings
 from tests.conftest import AUTH, TEST_KEY, make_settings
@@ -180,8 +182,6 @@ async def test_embedding_routes_need_the_key(client: httpx.AsyncClient) -> None:
 async def test_embed_bucket_rate_limits(fake: FakeEmbeddingEngine) -> None:
     from asgi_lifespan import LifespanManager
 
-    from egemma.app import create_app
-
     app = create_app(
         make_settings(WORKBENCH_API_KEY=TEST_KEY, EMBED_RATE_LIMIT_CALLS=2),
         engines=Engines(embedding=fake),
@@ -202,8 +202,6 @@ async def test_embed_bucket_rate_limits(fake: FakeEmbeddingEngine) -> None:
 async def test_not_loaded_is_503(settings: Settings) -> None:
     from asgi_lifespan import LifespanManager
 
-    from egemma.app import create_app
-
     engines = Engines()
     status = engines.capability("embeddings")
     status.status, status.reason = "error", "EMBEDDING_MODEL_PATH: nope is not a folder"
@@ -215,3 +213,40 @@ async def test_not_loaded_is_503(settings: Settings) -> None:
     assert r.status_code == 503
     assert "EMBEDDING_MODEL_PATH" in r.json()["error"]["message"]
     assert r.headers["Retry-After"]
+
+
+async def test_one_request_cannot_overfill_the_queue_or_the_char_budget() -> None:
+    settings = make_settings(
+        WORKBENCH_API_KEY=TEST_KEY,
+        EMBED_RATE_LIMIT_CALLS=1000,
+        EMBEDDING_QUEUE_SIZE=8,
+        EMBEDDING_MAX_REQUEST_CHARS=100,
+    )
+    fake = FakeEmbeddingEngine(dimension=16)
+    engines = Engines(embedding=fake)
+    engines.capability("embeddings").status = "loaded"
+    async with (
+        LifespanManager(create_app(settings, engines=engines)) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://t"
+        ) as client,
+    ):
+        many = await client.post(
+            "/v1/embeddings",
+            json={"input": [f"t{i}" for i in range(9)], "model": "m"},
+            headers=AUTH,
+        )
+        assert many.status_code == 400, many.text
+        assert many.json()["error"]["code"] == "too_many_inputs"
+        long = await client.post(
+            "/v1/embeddings", json={"input": ["x" * 60, "y" * 60], "model": "m"}, headers=AUTH
+        )
+        assert long.status_code == 400, long.text
+        assert long.json()["error"]["code"] == "input_too_large"
+        assert fake.texts_encoded == 0
+        ok = await client.post(
+            "/v1/embeddings",
+            json={"input": [f"t{i}" for i in range(8)], "model": "m"},
+            headers=AUTH,
+        )
+        assert ok.status_code == 200, ok.text

@@ -10,7 +10,7 @@ import json
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from openai.types import CreateEmbeddingResponse
 
 from egemma.api.deps import EmbeddingsDep, StateDep
@@ -44,6 +44,7 @@ def float_array(vector: np.ndarray) -> str:
 )
 async def embed(
     state: StateDep,
+    request: Request,
     file: Annotated[UploadFile, File(description="UTF-8 text to embed.")],
     service: EmbeddingsDep,
     dimensions: Annotated[
@@ -65,7 +66,9 @@ async def embed(
     sizes = list(dict.fromkeys(dimensions or [service.default_dimensions]))
     for size in sizes:
         service.check_dimensions(size)
-    result = await service.embed([text], prompt_name=prompt_name, title=title)
+    result = await service.embed(
+        [text], prompt_name=prompt_name, title=title, is_disconnected=request.is_disconnected
+    )
     parts = [f'"embedding_{d}d":{float_array(truncate(result.vectors, d)[0])}' for d in sizes]
     return _json("{" + ",".join(parts) + "}")
 
@@ -110,11 +113,14 @@ def _encode(vector: np.ndarray, encoding_format: str) -> str:
 async def create_embeddings(
     body: EmbeddingRequest,
     service: EmbeddingsDep,
+    request: Request,
 ) -> Response:
     texts = _inputs(body, service)
     size = service.engine.dimension if body.dimensions is None else body.dimensions
     service.check_dimensions(size)
-    result = await service.embed(texts, prompt_name=body.prompt_name)
+    result = await service.embed(
+        texts, prompt_name=body.prompt_name, is_disconnected=request.is_disconnected
+    )
     vectors = result.vectors if size == service.engine.dimension else truncate(result.vectors, size)
     # Written by hand: the vectors are the whole payload, and this is the hot path.
     data = ",".join(

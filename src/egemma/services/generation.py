@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from egemma.engines.base import (
 from egemma.errors import ClientLeftError, DrainingError, InvalidRequestError, UnavailableError
 from egemma.lifecycle import Cancel, Generations
 from egemma.metrics import Metrics
+from egemma.services.departures import stop_when_gone
 from egemma.services.prompting.plan import Prompter, PromptPlan
 from egemma.services.prompting.types import NO_TOOLS, Turn, feed_all
 
@@ -180,35 +180,6 @@ def plain_plan(prompter: Prompter, turns: Sequence[Turn]) -> PromptPlan:
 async def count_prompt_tokens(prompter: Prompter, turns: Sequence[Turn]) -> int:
     plan = await anyio.to_thread.run_sync(plain_plan, prompter, turns)
     return len(plan.tokens)
-
-
-DISCONNECT_POLL_SECONDS = 0.5
-
-
-@asynccontextmanager
-async def stop_when_gone(
-    is_disconnected: Disconnected | None, cancel: threading.Event
-) -> AsyncIterator[None]:
-    """Set ``cancel`` within half a second of the client leaving, while the body runs: a
-    non-streamed generation has nobody writing to the client who would notice otherwise."""
-    if is_disconnected is None:
-        yield
-        return
-    check = is_disconnected
-
-    async def watch() -> None:
-        while not cancel.is_set():
-            if await check():
-                cancel.set()
-                return
-            await anyio.sleep(DISCONNECT_POLL_SECONDS)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(watch)
-        try:
-            yield
-        finally:
-            group.cancel_scope.cancel()
 
 
 async def complete_text(

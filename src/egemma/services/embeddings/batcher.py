@@ -67,7 +67,7 @@ class DynamicBatcher:
             for t in dict.fromkeys(texts)
             if t not in self._inflight or self._inflight[t].cancelled()
         ]
-        if self._queue and len(self._queue) + len(new) > self.queue_size:
+        if len(self._queue) + len(new) > self.queue_size:
             raise UnavailableError("The embedding queue is full; retry shortly.", retry_after=1)
         loop = asyncio.get_running_loop()
         for text in new:

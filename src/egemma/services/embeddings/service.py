@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import anyio
 import numpy as np
 
 from egemma.cache import TwoLevelCache, cache_key
-from egemma.engines.base import EmbeddingEngine
+from egemma.engines.base import Disconnected, EmbeddingEngine
 from egemma.errors import InvalidRequestError
+from egemma.protocol.embeddings import MAX_INPUTS
+from egemma.services.departures import unless_gone
 from egemma.services.embeddings.batcher import DynamicBatcher
 from egemma.settings import EmbeddingSettings
 
@@ -78,6 +81,9 @@ class EmbeddingService:
     ) -> None:
         self.engine = engine
         self.cache = cache
+        # One request may not hold more texts than may wait, nor more characters than the cap.
+        self.max_inputs = min(MAX_INPUTS, settings.queue_size)
+        self.max_chars = settings.max_request_chars
         self._unwritten: list[tuple[str, tuple[int, bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.batcher = DynamicBatcher(
@@ -183,10 +189,34 @@ class EmbeddingService:
     def _entry(vector: np.ndarray, tokens: int) -> tuple[int, bytes]:
         return (tokens, np.asarray(vector, dtype=np.float32).tobytes())
 
+    def check_cost(self, texts: Sequence[str]) -> None:
+        """The bound on one request's work, decided before anything is queued."""
+        if len(texts) > self.max_inputs:
+            raise InvalidRequestError(
+                f"input holds {len(texts)} items; at most {self.max_inputs} are accepted "
+                "(EMBEDDING_QUEUE_SIZE).",
+                param="input",
+                code="too_many_inputs",
+            )
+        chars = sum(len(t) for t in texts)
+        if chars > self.max_chars:
+            raise InvalidRequestError(
+                f"input holds {chars} characters; at most {self.max_chars} are accepted in one "
+                "request (EMBEDDING_MAX_REQUEST_CHARS).",
+                param="input",
+                code="input_too_large",
+            )
+
     async def embed(
-        self, texts: Sequence[str], prompt_name: str | None = None, title: str | None = None
+        self,
+        texts: Sequence[str],
+        prompt_name: str | None = None,
+        title: str | None = None,
+        is_disconnected: Disconnected | None = None,
     ) -> EmbedResult:
-        """Full-dimension unit vectors for ``texts`` (prompt applied), in order."""
+        """Full-dimension unit vectors for ``texts`` (prompt applied), in order. Texts still
+        queued are dropped when the client leaves (``ClientLeftError``)."""
+        self.check_cost(texts)
         prefix = self.prefix(prompt_name, title)
         prompted = [prefix + t for t in texts]
         keys = [self._key(t) for t in prompted]
@@ -196,7 +226,8 @@ class EmbeddingService:
             found = self._lookup(keys)
         missing = [i for i, hit in enumerate(found) if hit is None]
         if missing:
-            computed = await self.batcher.submit([prompted[i] for i in missing])
+            todo = [prompted[i] for i in missing]
+            computed = await unless_gone(is_disconnected, partial(self.batcher.submit, todo))
             for i, value in zip(missing, computed, strict=True):
                 found[i] = value
             fresh = [(keys[i], v, n) for i, (v, n) in zip(missing, computed, strict=True)]
