@@ -146,3 +146,41 @@ def test_worker_environment_carries_no_secrets(monkeypatch: pytest.MonkeyPatch) 
             assert b"sentinel-key" not in environ.read_bytes()
     finally:
         svc.close()
+
+
+@pytest.mark.anyio
+async def test_waiting_for_a_worker_holds_no_shared_thread() -> None:
+    """Uploads waiting for a busy worker wait on the event loop: the default thread pool (the
+    store's, the tokenizer's) stays free however many wait."""
+    import anyio
+    import anyio.to_thread
+
+    exports = "".join(f"export const a{i} = {i};\n" for i in range(20_000)).encode()
+    svc = AstService(AstLimits(workers=1, timeout_seconds=60, max_source_bytes=2_000_000))
+    shared = anyio.to_thread.current_default_thread_limiter()
+    seen: list[float] = []
+    try:
+        async with anyio.create_task_group() as group:
+            results: list[int] = []
+
+            async def one() -> None:
+                doc = await svc.parse(exports, "javascript")
+                results.append(len(doc["exports"]))
+
+            for _ in range(8):
+                group.start_soon(one)
+            await anyio.sleep(0.5)
+            seen.append(shared.borrowed_tokens)
+        assert results == [20_000] * 8
+        assert seen == [0]
+    finally:
+        svc.close()
+
+
+def test_empty_source_is_400(service: AstService) -> None:
+    from egemma.errors import InvalidRequestError
+
+    for empty in (b"", b"  \n", b"\xef\xbb\xbf"):
+        with pytest.raises(InvalidRequestError) as info:
+            service.parse_sync(empty, "python")
+        assert info.value.code == "empty_input"

@@ -14,6 +14,7 @@ used ``list(set(...))``, whose order changes with hash randomisation.
 from __future__ import annotations
 
 import ast
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,7 +123,10 @@ def parse_tree(source: str) -> ast.Module:
     RecursionError / MemoryError on pathological nesting (reliability.md §6).
     """
     try:
-        return ast.parse(source)
+        with warnings.catch_warnings():
+            # An uploaded file's invalid escapes are its own business, not the server log's.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return ast.parse(source)
     except SyntaxError as exc:
         raise AstSourceError(
             f"Python syntax error: {exc.msg}", line=exc.lineno, column=exc.offset

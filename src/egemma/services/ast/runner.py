@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import anyio.to_thread
 
-from egemma.errors import UnavailableError
+from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.services.ast.common import AstSourceError, normalize_language
 from egemma.settings import AstSettings
 
@@ -74,7 +74,10 @@ def decode_source(data: bytes, max_bytes: int) -> str:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise AstSourceError("File is not valid UTF-8 text.", line=line, column=column) from None
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    if not text.strip():  # as every other upload route answers
+        raise InvalidRequestError("The file is empty.", param="file", code="empty_input")
+    return text
 
 
 class _Worker:
@@ -187,6 +190,8 @@ class AstService:
         for worker in self._all:
             self._idle.put(worker)
         self._closed = threading.Event()
+        self._slots: anyio.Semaphore | None = None
+        self._threads: anyio.CapacityLimiter | None = None
 
     @classmethod
     def from_settings(cls, settings: AstSettings) -> AstService:
@@ -201,20 +206,50 @@ class AstService:
         )
 
     async def parse(self, data: bytes, language: str) -> dict[str, Any]:
-        """Validate, then parse off the event loop. Raises the errors of :meth:`parse_sync`."""
-        return await anyio.to_thread.run_sync(partial(self.parse_sync, data, language))
+        """Wait for a worker on the event loop (not in a shared pool thread: 60 waiting uploads
+        once starved every other ``to_thread`` caller), then parse in a thread of our own
+        limiter. Raises the errors of :meth:`parse_sync`."""
+        if self._slots is None:
+            self._slots = anyio.Semaphore(len(self._all))
+            self._threads = anyio.CapacityLimiter(len(self._all))
+        if self._closed.is_set():
+            raise AstUnavailableError("The AST service is shutting down.")
+        with anyio.move_on_after(self.limits.timeout_seconds) as waited:
+            await self._slots.acquire()
+        if waited.cancelled_caught:
+            raise AstUnavailableError("All AST workers are busy; try again shortly.")
+        try:
+            worker = self._idle.get_nowait()  # a slot guarantees an idle worker
+            try:
+                return await anyio.to_thread.run_sync(
+                    partial(self._run, worker, data, language), limiter=self._threads
+                )
+            finally:
+                self._idle.put(worker)
+        finally:
+            self._slots.release()
 
-    def parse_sync(self, data: bytes, language: str) -> dict[str, Any]:
-        """Raises UnsupportedLanguageError, AstSourceTooLargeError, AstSourceError (bad source),
-        AstUnavailableError (busy or closed) and AstInternalError (extractor bug)."""
+    def _request(self, data: bytes, language: str) -> dict[str, Any]:
         canonical, grammar = normalize_language(language)
         source = decode_source(data, self.limits.max_source_bytes)
-        request = {
+        return {
             "language": canonical,
             "grammar": grammar,
             "source": source,
             "timeout": self.limits.timeout_seconds,
         }
+
+    def _run(self, worker: _Worker, data: bytes, language: str) -> dict[str, Any]:
+        request = self._request(data, language)
+        if self._closed.is_set():
+            raise AstUnavailableError("The AST service is shutting down.")
+        return worker.run(request)
+
+    def parse_sync(self, data: bytes, language: str) -> dict[str, Any]:
+        """Blocking (tests, the CLI). Raises UnsupportedLanguageError, AstSourceTooLargeError,
+        AstSourceError (bad source), AstUnavailableError (busy or closed) and AstInternalError
+        (extractor bug)."""
+        self._request(data, language)  # validate before waiting for a worker
         if self._closed.is_set():
             raise AstUnavailableError("The AST service is shutting down.")
         try:
@@ -222,9 +257,7 @@ class AstService:
         except queue.Empty:
             raise AstUnavailableError("All AST workers are busy; try again shortly.") from None
         try:
-            if self._closed.is_set():
-                raise AstUnavailableError("The AST service is shutting down.")
-            return worker.run(request)
+            return self._run(worker, data, language)
         finally:
             self._idle.put(worker)
 
