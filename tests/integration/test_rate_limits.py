@@ -81,3 +81,24 @@ async def test_bucket_refills(monkeypatch: pytest.MonkeyPatch) -> None:
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 2.0)
         assert (await http.get("/probe/embed")).status_code == 200
+
+
+def test_input_tokens_spends_the_chat_bucket() -> None:
+    """Counting tokens renders and tokenizes the whole prompt: it is limited like a generation."""
+    from tests.conftest import TEST_KEY
+    from tests.fakes.chat import FakeChatEngine, fake_engines
+
+    settings = make_settings(
+        WORKBENCH_API_KEY=TEST_KEY, CHAT_RATE_LIMIT_CALLS="2", CHAT_RATE_LIMIT_SECONDS="60"
+    )
+    server = LiveServer(create_app(settings, engines=fake_engines(FakeChatEngine("fake"))))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=30) as http:
+            for _ in range(2):
+                ok = http.post("/v1/responses/input_tokens", json={"input": "hi"})
+                assert ok.status_code == 200, ok.text
+            over = http.post("/v1/responses/input_tokens", json={"input": "hi"})
+            assert over.status_code == 429
+    finally:
+        server.stop()

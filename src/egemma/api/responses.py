@@ -33,7 +33,7 @@ async def create_response(
     return JSONResponse(await run.final(request.is_disconnected))
 
 
-@router.post("/v1/responses/input_tokens")
+@router.post("/v1/responses/input_tokens", dependencies=[Depends(rate_limit("chat"))])
 async def count_input_tokens(
     body: ResponsesRequest, service: ResponsesDep, owner: OwnerDep
 ) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class ResponsesService:
             effort=effort,
             text=text,
         )
-        turns = items_to_turns(context.items)
+        turns = await anyio.to_thread.run_sync(items_to_turns, context.items)
         return _Draft(engine, tools, tool_mode, context, effort, plan, turns)
 
     async def prepare(self, req: ResponsesRequest, owner: Owner) -> Prepared:
