@@ -30,8 +30,8 @@ from egemma.api.deps import refuse_when_draining
 from egemma.api.errors import install_handlers
 from egemma.keys import KEYS_FILE, KeyRing
 from egemma.loaders import load_all
+from egemma.middleware.body_check import BodyCheckMiddleware
 from egemma.middleware.body_limit import BodyLimitMiddleware
-from egemma.middleware.json_text import JsonTextMiddleware
 from egemma.middleware.observe import ObserveMiddleware
 from egemma.middleware.request_id import RequestIdMiddleware
 from egemma.openapi import install_openapi
@@ -136,7 +136,7 @@ def create_app(
     )
     install_openapi(app, state.public_paths)
 
-    app.add_middleware(JsonTextMiddleware)
+    app.add_middleware(BodyCheckMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.server.max_request_body_bytes,

@@ -172,3 +172,21 @@ def test_a_body_that_never_finishes_is_408(live_server: LiveServer) -> None:
     assert b'"request_timeout"' in reply
     health = httpx.get(f"{live_server.base_url}/health", timeout=5)
     assert health.status_code == 200
+
+
+async def test_multipart_without_its_closing_boundary_is_400(client: httpx.AsyncClient) -> None:
+    boundary = "XyZ123"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="language"\r\n\r\npython\r\n'
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="a.py"\r\n'
+        "Content-Type: text/x-python\r\n\r\ndef f():\n    return 1\n"
+    ).encode()
+    headers = {**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    cut = await client.post("/parse-ast", content=body, headers=headers)
+    assert cut.status_code == 400, cut.text
+    assert cut.json()["error"]["code"] == "truncated_body"
+    whole = body + f"\r\n--{boundary}--\r\n".encode()
+    ok = await client.post("/parse-ast", content=whole, headers=headers)
+    assert ok.status_code == 200, ok.text

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-TokenBudget = Annotated[int, Field(ge=1, le=1_048_576, strict=False)]
+
+def _a_json_number(value: Any) -> Any:
+    """Numbers must be JSON numbers: ``true`` and ``"10"`` are not 10 (``16.0`` is 16)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+Number = BeforeValidator(_a_json_number)
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False), Number]
+TokenBudget = Annotated[int, Field(ge=1, le=1_048_576, strict=False), Number]
+JsonInt = Annotated[int, Number]
 
 
 class ReasoningParam(BaseModel):
@@ -40,7 +50,7 @@ class ResponsesRequest(BaseModel):
     input: str | list[Any] | None = None
     instructions: str | None = None
     max_output_tokens: TokenBudget | None = None
-    max_tool_calls: int | None = None
+    max_tool_calls: JsonInt | None = None
     metadata: dict[str, Any] | None = None
     model: str | None = None
     parallel_tool_calls: StrictBool | None = None
@@ -57,7 +67,7 @@ class ResponsesRequest(BaseModel):
     text: TextParam | None = None
     tool_choice: str | dict[str, Any] | None = None
     tools: list[Any] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: JsonInt | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
@@ -78,7 +88,7 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: FiniteFloat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: JsonInt | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     store: StrictBool | None = None
     stream: StrictBool | None = None
