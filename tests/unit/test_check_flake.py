@@ -25,7 +25,7 @@ def flake_check(flake_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 def copy_flake(dest: Path, flake: str) -> Path:
-    for name in ("pyproject.toml", "uv.lock"):
+    for name in ("pyproject.toml", "uv.lock", "flake.lock"):
         shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "personas", dest / "personas")
     (dest / "flake.nix").write_text(flake)
@@ -38,10 +38,18 @@ def test_the_shipped_flake_passes() -> None:
     assert NIXPKGS_PIN in (ROOT / "flake.nix").read_text()
 
 
-def test_a_branch_input_without_a_lock_fails(tmp_path: Path) -> None:
+def test_a_branch_input_fails(tmp_path: Path) -> None:
     flake = (ROOT / "flake.nix").read_text()
     assert NIXPKGS_PIN in flake
     unpinned = flake.replace(NIXPKGS_PIN, "github:NixOS/nixpkgs/nixos-unstable")
     proc = flake_check(copy_flake(tmp_path, unpinned))
     assert proc.returncode == 1
     assert "input 'nixpkgs' is not pinned to a commit" in proc.stdout + proc.stderr
+
+
+def test_a_missing_lock_fails(tmp_path: Path) -> None:
+    copy_flake(tmp_path, (ROOT / "flake.nix").read_text())
+    (tmp_path / "flake.lock").unlink()
+    proc = flake_check(tmp_path)
+    assert proc.returncode == 1
+    assert "flake.lock is missing" in proc.stdout + proc.stderr
