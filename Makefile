@@ -86,7 +86,7 @@ format: $(TEST_INSTALLED) ## ruff format + fix
 	$(BIN)/ruff check --fix src tests scripts loadtests
 
 typecheck: $(TEST_INSTALLED) ## mypy on src/
-	$(BIN)/mypy src tests/fakes/chat.py tests/fakes/embeddings.py
+	$(BIN)/mypy src tests/fakes/chat.py tests/fakes/embeddings.py scripts/image_test.py
 
 test: $(TEST_INSTALLED) lint typecheck ## the whole suite (unit, integration, e2e with the shipped models)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) $(if $(TEST),$(TEST),tests)
@@ -140,7 +140,7 @@ print-runtime-model-packages: # used by the Dockerfiles to keep these when pruni
 IMAGE_CMAKE_ARGS := -DGGML_NATIVE=off
 IMAGE_WHEELHOUSE := $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(IMAGE_CMAKE_ARGS)' '$(PY_TAG)' | sha256sum | cut -c1-12)
 
-image-test: $(BIN)/python ## build Dockerfile.cpu and check the running appliance (Docker, as root)
+image-test: $(INSTALLED) ## build Dockerfile.cpu and check the running appliance (Docker, as root)
 	@$(MAKE) --no-print-directory llama-wheel CMAKE_ARGS="$(IMAGE_CMAKE_ARGS)" WHEELHOUSE="$(IMAGE_WHEELHOUSE)"
 	$(BIN)/python scripts/image_test.py --llama-wheelhouse "$(IMAGE_WHEELHOUSE)"
 

@@ -97,16 +97,10 @@ def run(cmd: list[str], *, check_rc: bool = True, **kw: Any) -> subprocess.Compl
 def apt_install(package: str) -> None:
     say(f"==> installing {package} with apt")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if (
-        run(
-            ["apt-get", "install", "-y", "--no-install-recommends", package],
-            check_rc=False,
-            env=env,
-        ).returncode
-        != 0
-    ):
+    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    if run(install, check_rc=False, env=env).returncode != 0:  # stale lists on a fresh machine
         run(["apt-get", "update"], env=env)
-        run(["apt-get", "install", "-y", "--no-install-recommends", package], env=env)
+        run(install, env=env)
 
 
 class Docker:
@@ -412,11 +406,17 @@ def check_api(base: str, key: str) -> str:
 
 
 def check_files(docker: Docker, name: str) -> None:
-    out = docker(
-        "exec", name, "stat", "-c", "%a %u %n", "/data", "/data/api_key", "/data/egemma.db"
-    ).stdout.split("\n")
-    modes = dict(reversed(line.rsplit(" ", 1)) for line in out if line)
-    want = {"/data": "700 10001", "/data/api_key": "600 10001", "/data/egemma.db": "600 10001"}
+    """/data 0700 and what the server stored in it 0600 (the store's WAL files while it runs)."""
+    paths = [
+        "/data",
+        "/data/api_key",
+        "/data/egemma.db",
+        "/data/egemma.db-wal",
+        "/data/egemma.db-shm",
+    ]
+    out = docker("exec", name, "stat", "-c", "%n %a %u", *paths).stdout
+    modes = {path: rest for path, _, rest in (line.partition(" ") for line in out.splitlines())}
+    want = {path: ("700 10001" if path == "/data" else "600 10001") for path in paths}
     check("stored data is owner-only", modes == want, json.dumps(modes))
 
 
