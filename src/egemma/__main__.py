@@ -27,13 +27,20 @@ def _setup_logging(level: str) -> None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from egemma.app import create_app
+    from egemma.datadir import DataDirError
 
     if args.host:
         settings.server.host = args.host
     if args.port:
         settings.server.port = args.port
     _setup_logging(settings.server.log_level)
-    return serve_app(create_app(settings), settings)
+    try:
+        app = create_app(settings)
+    except DataDirError as exc:
+        # One line, like a bad setting: the operator's fix is a chown, not a stack trace.
+        print(f"egemma: {exc}", file=sys.stderr)
+        return 1
+    return serve_app(app, settings)
 
 
 def serve_app(app: Any, settings: Settings) -> int:

@@ -28,6 +28,7 @@ from egemma.api import (
 )
 from egemma.api.deps import refuse_when_draining
 from egemma.api.errors import install_handlers
+from egemma.datadir import prepare_data_dir
 from egemma.keys import KEYS_FILE, KeyRing
 from egemma.loaders import load_all
 from egemma.middleware.body_check import BodyCheckMiddleware
@@ -65,6 +66,9 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Production passes no engines: the lifespan loads them from settings.
 
+    Raises ``DataDirError`` when DATA_DIR cannot be created or written (``egemma serve`` prints
+    its one line and exits 1).
+
     The store (stored responses, conversations) is built from settings unless one is passed;
     the app closes only a store it built.
     """
@@ -101,6 +105,8 @@ def create_app(
         redoc_url=None,
         redirect_slashes=False,
     )
+    # Before anything writes there: created 0700, or one clear line if it cannot be written.
+    prepare_data_dir(settings.server.data_dir)
     key, generated = provision_key(
         settings.server.api_key.get_secret_value() if settings.server.api_key else None,
         settings.server.data_dir,

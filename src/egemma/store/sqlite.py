@@ -26,6 +26,7 @@ from typing import Literal, TypeVar
 
 import anyio.to_thread
 
+from egemma.datadir import DIR_MODE, owner_only
 from egemma.settings import Settings
 from egemma.store.base import BROKEN_MESSAGE, Owner, StoreHealth, StoreUnavailableError
 from egemma.store.migrations import LATEST, MIGRATIONS
@@ -290,7 +291,8 @@ class SqliteStore:
         with self._lock:
             if self._opened:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            self._owner_only_files()
             conn = self._connect()
             try:
                 busy_ms = int(self.busy_timeout * 1000)
@@ -308,6 +310,16 @@ class SqliteStore:
             self._file_id = (st.st_dev, st.st_ino)
             self._opened = True
             log.info("store ready at %s (schema v%d)", self.path, LATEST)
+
+    def _owner_only_files(self) -> None:
+        # Stored data is nobody else's business: the database 0600 before SQLite creates it, so
+        # its -wal and -shm (which SQLite gives the database's mode) are 0600 too; leftovers from
+        # an older, laxer eGemma are tightened.
+        owner_only(self.path)
+        for suffix in ("-wal", "-shm"):
+            extra = self.path.with_name(self.path.name + suffix)
+            if extra.exists():
+                owner_only(extra)
 
 
 class SqliteScope:
