@@ -6,7 +6,7 @@ engine (which only sees token ids).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -36,12 +36,28 @@ class Turn:
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A flat function tool: name, description and JSON Schema parameters (may be empty)."""
+    """A tool the model may call: name, description and JSON Schema parameters (may be empty).
+
+    ``kind`` is ``function`` (JSON arguments) or ``custom`` (freeform text input, optionally
+    constrained by ``grammar``, a llama.cpp GBNF text). ``name`` is what the model sees; a
+    function from a ``namespace`` tool is shown as ``namespace.local`` and reported back to
+    the client as ``local`` with its ``namespace``.
+    """
 
     name: str
     description: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
+    kind: Literal["function", "custom"] = "function"
+    namespace: str | None = None
+    local_name: str | None = None
+    grammar: str | None = None
+    check: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+    """For a grammar-constrained custom tool: does a given input match the grammar?"""
+
+    @property
+    def wire_name(self) -> str:
+        return self.local_name or self.name
 
 
 @dataclass(frozen=True)
