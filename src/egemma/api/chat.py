@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from egemma.api.deps import ChatDep
+from egemma.api.responses import ignored_tools_header
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ChatCompletionRequest
 from egemma.ratelimit import rate_limit
@@ -18,9 +19,12 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, service: ChatDep
 ) -> Response:
     prepared = await service.prepare(body)
+    headers = ignored_tools_header(prepared.prepared.ignored_tools)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
         return EventStreamResponse(
-            service.chunks(prepared, run), on_close=run.close, framing="chat"
+            service.chunks(prepared, run), on_close=run.close, framing="chat", headers=headers
         )
-    return JSONResponse(await service.complete(prepared, run, request.is_disconnected))
+    return JSONResponse(
+        await service.complete(prepared, run, request.is_disconnected), headers=headers
+    )

@@ -20,10 +20,17 @@ async def create_response(
     body: ResponsesRequest, request: Request, service: ResponsesDep
 ) -> Response:
     prepared = await service.prepare(body)
+    headers = ignored_tools_header(prepared.ignored_tools)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
-        return EventStreamResponse(run.events, on_close=run.close)
-    return JSONResponse(await run.final(request.is_disconnected))
+        return EventStreamResponse(run.events, on_close=run.close, headers=headers)
+    return JSONResponse(await run.final(request.is_disconnected), headers=headers)
+
+
+def ignored_tools_header(ignored: tuple[str, ...]) -> dict[str, str]:
+    """``X-Ignored-Tools``: the request's tools the server cannot run and did not offer to the
+    model (hosted tools such as ``web_search``), so a client can tell."""
+    return {"X-Ignored-Tools": ", ".join(ignored)} if ignored else {}
 
 
 @router.post("/v1/responses/input_tokens")

@@ -100,10 +100,11 @@ class EventStreamResponse(StreamingResponse):
         events: AsyncIterator[dict[str, Any]],
         on_close: Callable[[], None],
         framing: Framing = "responses",
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._events = events
         self._on_close = on_close
-        super().__init__(sse_bytes(events, framing=framing), headers=HEADERS)
+        super().__init__(sse_bytes(events, framing=framing), headers={**HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -92,9 +92,14 @@ def _gbnf(node: Node, names: dict[str, str]) -> str:
         return inner + "+"
     if (low, high) == (0, 1):
         return inner + "?"
-    return inner + "{" + str(low) + ("," if high != low else "") + (
-        str(high) if high not in (None, low) else ""
-    ) + "}"
+    return (
+        inner
+        + "{"
+        + str(low)
+        + ("," if high != low else "")
+        + (str(high) if high not in (None, low) else "")
+        + "}"
+    )
 
 
 def _grouped(node: Node, names: dict[str, str], atomic: bool = False) -> str:
@@ -129,7 +134,9 @@ class Grammar:
 
     def to_gbnf(self) -> str:
         """llama.cpp GBNF text with ``root`` as the start rule (names prefixed ``g-``)."""
-        names = {name: "g-" + "".join(c if c.isalnum() else "-" for c in name) for name in self.rules}
+        names = {
+            name: "g-" + "".join(c if c.isalnum() else "-" for c in name) for name in self.rules
+        }
         if len(set(names.values())) != len(names):
             raise GrammarError("two rule names differ only in punctuation")
         lines = [f"root ::= {names[self.start]}"]
@@ -155,7 +162,9 @@ class Grammar:
         if kind == "lit":
             return frozenset((pos + len(node[1]),)) if text.startswith(node[1], pos) else _NONE
         if kind == "cls":
-            return frozenset((pos + 1,)) if pos < len(text) and _in_class(node, text[pos]) else _NONE
+            return (
+                frozenset((pos + 1,)) if pos < len(text) and _in_class(node, text[pos]) else _NONE
+            )
         if kind == "ref":
             key = (node[1], pos)
             found = self._memo.get(key)
@@ -216,7 +225,7 @@ class Grammar:
                 if current == name:
                     raise GrammarError(
                         f"rule '{name}' is left-recursive; rewrite it with repetition "
-                        "(e.g. `a: b (\"+\" b)*`)"
+                        '(e.g. `a: b ("+" b)*`)'
                     )
                 if current not in seen:
                     seen.add(current)
@@ -228,7 +237,7 @@ _NONE: frozenset[int] = frozenset()
 
 def _in_class(node: Node, c: str) -> bool:
     inside = any(lo <= c <= hi for lo, hi in node[2])
-    return inside != node[1]
+    return inside != bool(node[1])
 
 
 def _refs(node: Node) -> set[str]:
@@ -245,7 +254,7 @@ def _refs(node: Node) -> set[str]:
 def _is_nullable(node: Node, nullable: set[str]) -> bool:
     kind = node[0]
     if kind == "lit":
-        return node[1] == ""
+        return bool(node[1] == "")
     if kind == "cls":
         return False
     if kind == "ref":

@@ -22,6 +22,7 @@ from egemma.services.prompting.regex_grammar import regex_to_node
 
 MAX_GRAMMAR_CHARS = 64 * 1024
 
+_FLOAT = r"[0-9]+[eE][+-]?[0-9]+|([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
 # Lark's ``common.lark`` terminals, as regular expressions over the same language.
 COMMON = {
     "LF": r"\n",
@@ -34,9 +35,9 @@ COMMON = {
     "INT": r"[0-9]+",
     "SIGNED_INT": r"[+-]?[0-9]+",
     "DECIMAL": r"[0-9]+\.[0-9]*|\.[0-9]+",
-    "FLOAT": r"[0-9]+[eE][+-]?[0-9]+|([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?",
-    "NUMBER": r"[0-9]+[eE][+-]?[0-9]+|([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[0-9]+",
-    "SIGNED_NUMBER": r"[+-]?([0-9]+[eE][+-]?[0-9]+|([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[0-9]+)",
+    "FLOAT": _FLOAT,
+    "NUMBER": f"{_FLOAT}|[0-9]+",
+    "SIGNED_NUMBER": f"[+-]?({_FLOAT}|[0-9]+)",
     "LCASE_LETTER": r"[a-z]",
     "UCASE_LETTER": r"[A-Z]",
     "LETTER": r"[A-Za-z]",

@@ -16,11 +16,23 @@ from egemma.services.prompting.grammar_ir import GrammarError, Node, alt, lit, r
 _DIGIT = (("0", "9"),)
 _WORD = (("0", "9"), ("A", "Z"), ("_", "_"), ("a", "z"))
 _SPACE = ((" ", " "), ("\t", "\r"))
-_CLASSES = {"d": (False, _DIGIT), "D": (True, _DIGIT), "w": (False, _WORD),
-            "W": (True, _WORD), "s": (False, _SPACE), "S": (True, _SPACE)}
+_CLASSES = {
+    "d": (False, _DIGIT),
+    "D": (True, _DIGIT),
+    "w": (False, _WORD),
+    "W": (True, _WORD),
+    "s": (False, _SPACE),
+    "S": (True, _SPACE),
+}
 _CONTROL = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0", "a": "\a"}
-_REFUSED = {"b": "word boundaries (\\b)", "B": "word boundaries (\\B)", "A": "\\A",
-            "Z": "\\Z", "z": "\\z", "G": "\\G"}
+_REFUSED = {
+    "b": "word boundaries (\\b)",
+    "B": "word boundaries (\\B)",
+    "A": "\\A",
+    "Z": "\\Z",
+    "z": "\\z",
+    "G": "\\G",
+}
 MAX_REPEAT = 1000
 
 
@@ -84,8 +96,10 @@ class _Reader:
     def _looks_like_count(self) -> bool:
         end = self.src.find("}", self.pos)
         body = self.src[self.pos + 1 : end] if end > 0 else ""
-        return bool(body) and all(p.isdigit() or p == "" for p in body.split(",", 1)) and (
-            body[0].isdigit()
+        return (
+            bool(body)
+            and all(p.isdigit() or p == "" for p in body.split(",", 1))
+            and (body[0].isdigit())
         )
 
     def _count(self) -> tuple[int, int | None]:
@@ -107,8 +121,10 @@ class _Reader:
         if c == "[":
             return self._class()
         if c == ".":
-            return ("cls", False, (("\0", "\U0010ffff"),)) if self.dotall else (
-                "cls", True, (("\n", "\n"),)
+            return (
+                ("cls", False, (("\0", "\U0010ffff"),))
+                if self.dotall
+                else ("cls", True, (("\n", "\n"),))
             )
         if c == "\\":
             return self._escape()

@@ -23,7 +23,8 @@ class Turn:
 
     - ``system`` / ``developer`` / ``user`` / ``assistant``: ``text``.
     - ``reasoning``: the chain of thought of an earlier assistant turn in ``text``.
-    - ``tool_call``: ``name``, ``call_id``, ``arguments`` (a JSON string).
+    - ``tool_call``: ``name``, ``call_id``, ``arguments`` (a JSON string); a custom tool's
+      call has ``custom`` set and its free-form input in ``text``.
     - ``tool_result``: ``call_id``, ``name`` (resolved from the matching call), ``text`` (output).
     """
 
@@ -32,6 +33,7 @@ class Turn:
     name: str | None = None
     call_id: str | None = None
     arguments: str | None = None
+    custom: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class ToolSpec:
     namespace: str | None = None
     local_name: str | None = None
     grammar: str | None = None
+    format: dict[str, Any] | None = field(default=None, compare=False)
+    """A custom tool's grammar ``format`` as the client sent it (echoed in the response)."""
     check: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
     """For a grammar-constrained custom tool: does a given input match the grammar?"""
 

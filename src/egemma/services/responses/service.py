@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import anyio
 import jsonschema
@@ -34,14 +35,25 @@ from egemma.services.prompting.formats import PromptFormats
 from egemma.services.prompting.plan import PromptPlan
 from egemma.services.prompting.types import ToolMode, ToolSpec, Turn, feed_all
 from egemma.services.responses.context import Context, load_context, resolve_engine
-from egemma.services.responses.events import ResponseBuilder, new_response, usage_of
-from egemma.services.responses.tools import check_text_format, parse_tool_choice, parse_tools
+from egemma.services.responses.events import (
+    CALL_TYPES,
+    ResponseBuilder,
+    new_response,
+    usage_of,
+)
+from egemma.services.responses.tools import (
+    ToolSet,
+    accept_tools,
+    check_text_format,
+    parse_tool_choice,
+)
 from egemma.services.responses.truncation import truncate
 from egemma.services.responses.turns import items_to_turns
 from egemma.settings import Settings
 from egemma.store.base import Store
 
 log = logging.getLogger(__name__)
+_KINDS = {"function_call": "function", "custom_tool_call": "custom"}
 
 
 @dataclass
@@ -53,6 +65,7 @@ class Prepared:
     tool_mode: ToolMode
     context: Context
     store: bool
+    ignored_tools: tuple[str, ...] = ()
 
 
 @dataclass
@@ -64,6 +77,7 @@ class _Draft:
     effort: str
     plan_for: Callable[[list[Turn]], PromptPlan]
     turns: list[Turn]
+    toolset: ToolSet
 
 
 class ResponsesService:
@@ -87,7 +101,13 @@ class ResponsesService:
         """Everything a request implies before budgets: engine, tools, context, turns."""
         chat = self.settings.chat
         engine = resolve_engine(self.engines, chat, req.model)
-        tools = parse_tools(req.tools)
+        toolset = accept_tools(req.tools)
+        tools = toolset.specs
+        if toolset.ignored:
+            log.warning(
+                "tools not offered to the model (this server cannot run them): %s",
+                ", ".join(toolset.ignored),
+            )
         tool_mode = parse_tool_choice(req.tool_choice, tools)
         context = await load_context(self.store, req)
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
@@ -102,7 +122,7 @@ class ResponsesService:
             text=text,
         )
         turns = items_to_turns(context.items)
-        return _Draft(engine, tools, tool_mode, context, effort, plan, turns)
+        return _Draft(engine, tools, tool_mode, context, effort, plan, turns, toolset)
 
     async def prepare(self, req: ResponsesRequest) -> Prepared:
         metadata = validate_metadata(req.metadata)
@@ -125,6 +145,7 @@ class ResponsesService:
             top_k=chat.top_k,
             stop_token_ids=plan.stop_token_ids,
             json_schema=plan.grammar_key(),
+            gbnf=plan.gbnf,
         )
         store = req.store is not False
         conversation_id = d.context.conversation_id
@@ -140,8 +161,12 @@ class ResponsesService:
             top_p,
         )
         summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
-        builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in d.tools})
-        return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store)
+        response["tools"] = d.toolset.echo
+        builder = ResponseBuilder(
+            response, summary=summary, tool_names={t.name for t in d.tools}, tools=d.tools
+        )
+        ignored = tuple(d.toolset.ignored)
+        return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store, ignored)
 
     async def count_input_tokens(self, req: ResponsesRequest) -> int:
         d = await self._draft(req)
@@ -204,15 +229,20 @@ class ResponsesService:
     async def _finish(self, p: Prepared, stats: GenerationStats, reasoning: int) -> list[Event]:
         builder = p.builder
         usage = usage_of(stats, reasoning)
+        # Close the last item first, so a call that ends the output is checked like the others.
+        closed = builder.close_item(
+            "incomplete" if stats.finish_reason == "length" else "completed"
+        )
         problem = self._check_calls(p)
         if problem:
-            return builder.finish(
+            return closed + builder.finish(
                 "failed", usage, error={"code": "invalid_tool_call", "message": problem}
             )
         if stats.finish_reason == "length":
             events = builder.finish("incomplete", usage, incomplete_reason="max_output_tokens")
         else:
             events = builder.finish("completed", usage)
+        events = closed + events
         try:
             await self._persist(p)
         except Exception as exc:  # the answer exists but could not be kept: say so, don't 500
@@ -226,20 +256,15 @@ class ResponsesService:
         return events
 
     def _check_calls(self, p: Prepared) -> str | None:
-        """Every call names an offered tool and its arguments validate against its parameters."""
+        """Every call names an offered tool and its arguments validate against its parameters
+        (a custom tool's input against its grammar)."""
         offered = {t.name: t for t in p.tool_mode.offered}
         for item in p.builder.output:
-            if item["type"] != "function_call" or item["status"] != "completed":
+            if item["type"] not in CALL_TYPES or item["status"] != "completed":
                 continue
-            tool = offered.get(item["name"])
-            if tool is None:
-                return f"The model called '{item['name']}', which is not an offered tool."
-            try:
-                args = json.loads(item["arguments"] or "{}")
-                jsonschema.validate(args, tool.parameters or {"type": "object"})
-            except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
-                reason = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
-                return f"The model's call to '{tool.name}' has invalid arguments: {reason}"
+            problem = _call_problem(item, offered.get(p.builder.model_name(item)))
+            if problem:
+                return problem
         return None
 
     async def _persist(self, p: Prepared) -> None:
@@ -253,3 +278,19 @@ class ResponsesService:
             fresh = [i for i in context.new_items if i.get("id") not in known]
             outputs = [dict(item) for item in response["output"]]
             await self.store.conversations.add_items(context.conversation_id, [*fresh, *outputs])
+
+
+def _call_problem(item: dict[str, Any], tool: ToolSpec | None) -> str | None:
+    if tool is None or tool.kind != _KINDS[item["type"]]:
+        return f"The model called '{item['name']}', which is not an offered tool."
+    if tool.kind == "custom":
+        if tool.check is not None and not tool.check(item["input"]):
+            return f"The model's input to '{tool.wire_name}' does not match its grammar."
+        return None
+    try:
+        args = json.loads(item["arguments"] or "{}")
+        jsonschema.validate(args, tool.parameters or {"type": "object"})
+    except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
+        reason = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
+        return f"The model's call to '{tool.wire_name}' has invalid arguments: {reason}"
+    return None
