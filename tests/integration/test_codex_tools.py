@@ -220,3 +220,39 @@ async def test_a_call_that_ends_the_output_is_validated(
     assert final.status == "failed"
     assert final.error is not None and final.error.code == "invalid_tool_call"
     assert "'city' is a required property" in final.error.message
+
+
+# The fields Codex 0.171.0 cannot decode a model without (found by removing each in turn).
+CODEX_REQUIRED = {
+    "slug",
+    "display_name",
+    "supported_reasoning_levels",
+    "shell_type",
+    "visibility",
+    "supported_in_api",
+    "priority",
+    "support_verbosity",
+    "truncation_policy",
+    "experimental_supported_tools",
+}
+
+
+async def test_models_answers_codex_metadata_beside_the_openai_list(
+    app_client: tuple[httpx.AsyncClient, AsyncOpenAI],
+) -> None:
+    http, sdk = app_client
+    plain = (await http.get("/v1/models", headers=AUTH)).json()
+    assert "models" not in plain
+    answer = await http.get("/v1/models?client_version=0.171.0", headers=AUTH)
+    listing = answer.json()
+    assert [m["id"] for m in listing["data"]] == list(ENGINES)
+    models = {m["slug"]: m for m in listing["models"]}
+    assert list(models) == list(ENGINES)
+    for info in models.values():
+        assert CODEX_REQUIRED <= set(info)
+        assert "base_instructions" in info or "model_messages" in info
+        assert info["context_window"] == 200_000
+        assert info["apply_patch_tool_type"] == "freeform"
+        assert info["input_modalities"] == ["text"]
+        assert info["supported_reasoning_levels"] == []  # template models do not reason
+    assert [m.id async for m in sdk.models.list()] == list(ENGINES)
