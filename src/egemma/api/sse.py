@@ -5,7 +5,10 @@
 
 Each ``data:`` line is exactly one ``json.dumps`` payload, which escapes ``\\n`` and ``\\r``: model
 text can never forge an event. Event names come from our code, never from user or model text.
-During a long prefill, ``: keep-alive`` comments keep proxies from timing the stream out.
+During a long prefill, ``: keep-alive`` comments keep proxies from timing the stream out; once
+``response.created`` is out and before the first output item, a repeated ``response.in_progress``
+is sent instead, because clients with an idle timer on events (Codex CLI's ignores comments,
+issue 13) would otherwise give up on a long prompt.
 """
 
 from __future__ import annotations
@@ -68,13 +71,19 @@ async def sse_bytes(
     """Frame each event (Responses: stamped with ``sequence_number`` from 0); comments while
     waiting. A failure mid-stream becomes a final error frame, never a cut stream."""
     sequence = 0
+    waiting: dict[str, Any] | None = None  # the response while no output has started
     try:
         async for event in with_keepalives(events, keepalive):
-            if event is None:
+            if event is None and waiting is not None and framing == "responses":
+                beat = {"type": "response.in_progress", "response": waiting}
+                yield encode_event({"type": beat["type"], "sequence_number": sequence, **beat})
+                sequence += 1
+            elif event is None:
                 yield KEEPALIVE
             elif framing == "chat":
                 yield encode_data(event)
             else:
+                waiting = _waiting_response(event, waiting)
                 yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
                 sequence += 1
     except Exception:
@@ -87,6 +96,12 @@ async def sse_bytes(
             return
     if framing == "chat":
         yield DONE
+
+
+def _waiting_response(event: dict[str, Any], current: dict[str, Any] | None) -> Any:
+    if event["type"] in ("response.created", "response.in_progress") and "response" in event:
+        return event["response"]
+    return None if event["type"] != "response.queued" else current
 
 
 class EventStreamResponse(StreamingResponse):
