@@ -22,6 +22,7 @@ from typing import Any
 Node = tuple[Any, ...]
 EMPTY: Node = ("seq", ())
 MAX_CHECK_CHARS = 256 * 1024
+MAX_RUN = 256
 
 
 class GrammarError(ValueError):
@@ -86,6 +87,11 @@ def _gbnf(node: Node, names: dict[str, str]) -> str:
         return " | ".join(_gbnf(o, names) for o in node[1])
     inner = _grouped(node[1], names, atomic=True)
     low, high = node[2], node[3]
+    if high is None and node[1][0] == "cls":
+        # A run of free characters (`/(.+)/`) is bounded for decoding, like JSON strings
+        # (schemas.py): small models otherwise run on to the token cap. Every bounded input
+        # is still in the grammar's language; ``matches`` checks the unbounded one.
+        high = max(low, MAX_RUN)
     if (low, high) == (0, None):
         return inner + "*"
     if (low, high) == (1, None):
