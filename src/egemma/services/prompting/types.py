@@ -104,7 +104,10 @@ class OutputParser(Protocol):
     def finish(self) -> list[OutputDelta]: ...
 
 
-def feed_all(parser: OutputParser, tokens: Sequence[int]) -> None:
-    """Feed tokens the prompt already holds (a prefilled channel header) to ``parser``."""
+def feed_all(parser: OutputParser, tokens: Sequence[int]) -> list[OutputDelta]:
+    """Feed tokens the prompt already holds (a prefilled channel header) to ``parser``; the
+    deltas they imply (a forced Harmony call opens there)."""
+    deltas: list[OutputDelta] = []
     for token_id in tokens:
-        parser.feed(GeneratedToken(token_id, ""))
+        deltas += parser.feed(GeneratedToken(token_id, ""))
+    return deltas

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from egemma.engines.base import GenerationStats
@@ -33,8 +33,10 @@ class ResponseBuilder:
         summary: bool,
         tool_names: set[str],
         tools: Sequence[ToolSpec] = (),
+        seal: Callable[[str], str] | None = None,
     ) -> None:
         self.response = response
+        self.seal = seal  # include: ["reasoning.encrypted_content"] (sealing.py)
         self.summary = summary
         self.tool_names = tool_names | {t.name for t in tools}
         # Model-facing name → spec: custom tools become ``custom_tool_call`` items, namespaced
@@ -228,6 +230,8 @@ class ResponseBuilder:
         elif item["type"] == "reasoning":
             part = {"type": "reasoning_text", "text": text}
             item["content"] = [part]
+            if self.seal is not None:
+                item["encrypted_content"] = self.seal(text)
             events += [
                 {"type": "response.reasoning_text.done", **base, "content_index": 0, "text": text},
                 self._part_event("response.content_part.done", part, item),

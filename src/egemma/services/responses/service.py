@@ -41,6 +41,8 @@ from egemma.services.responses.events import (
     new_response,
     usage_of,
 )
+from egemma.services.responses.sealing import INCLUDE as SEAL_INCLUDE
+from egemma.services.responses.sealing import ReasoningSeal
 from egemma.services.responses.tools import (
     ToolSet,
     accept_tools,
@@ -94,6 +96,7 @@ class ResponsesService:
         self.store = store
         self.prompts = prompts
         self.runner = runner
+        self.seal = ReasoningSeal.from_data_dir(settings.server.data_dir)
 
     # -- preparation --------------------------------------------------------------------------
 
@@ -110,6 +113,7 @@ class ResponsesService:
             )
         tool_mode = parse_tool_choice(req.tool_choice, tools)
         context = await load_context(self.store, req)
+        self.seal.open_items(context.items, context.new_items)
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
         check_text_format(text)
@@ -163,7 +167,11 @@ class ResponsesService:
         summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
         response["tools"] = d.toolset.echo
         builder = ResponseBuilder(
-            response, summary=summary, tool_names={t.name for t in d.tools}, tools=d.tools
+            response,
+            summary=summary,
+            tool_names={t.name for t in d.tools},
+            tools=d.tools,
+            seal=self.seal.seal if SEAL_INCLUDE in (req.include or []) else None,
         )
         ignored = tuple(d.toolset.ignored)
         return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store, ignored)
@@ -213,7 +221,10 @@ class ResponsesService:
         self, p: Prepared, stream: TokenStream, reasoning: list[int]
     ) -> AsyncIterator[Event]:
         parser = p.plan.make_parser()
-        feed_all(parser, p.plan.prefill)
+        # A prefilled Harmony header opens the forced call: its delta must reach the builder.
+        for delta in feed_all(parser, p.plan.prefill):
+            for event in p.builder.feed(delta):
+                yield event
         async for token in stream:
             deltas = parser.feed(token)
             if any(d.kind == "reasoning" for d in deltas):
