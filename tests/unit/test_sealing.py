@@ -61,5 +61,5 @@ def test_open_items_restores_content_from_the_seal(tmp_path: Path) -> None:
         "content": [{"type": "reasoning_text", "text": "edited by the client"}],
         "encrypted_content": seal.seal("what the model thought"),
     }
-    seal.open_items([replayed], [replayed])
+    seal.open_items([replayed])
     assert replayed["content"] == [{"type": "reasoning_text", "text": "what the model thought"}]

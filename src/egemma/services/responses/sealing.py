@@ -100,17 +100,15 @@ class ReasoningSeal:
             raise _invalid(param)
         return body, tag
 
-    def open_items(self, items: list[dict[str, Any]], new_items: list[dict[str, Any]]) -> None:
-        """Give every reasoning item that carries only ``encrypted_content`` its text back, in
-        place. ``param`` names the item by its place in the request's ``input``."""
-        positions = {id(item): i for i, item in enumerate(new_items)}
-        for item in items:
+    def open_items(self, new_items: list[dict[str, Any]]) -> None:
+        """Give every replayed reasoning item carrying ``encrypted_content`` its sealed text
+        back, in place. Only the request's own input is checked: items from the store are this
+        server's already (and stay readable if the key file is ever replaced)."""
+        for index, item in enumerate(new_items):
             sealed = item.get("encrypted_content")
             if item.get("type") != "reasoning" or not isinstance(sealed, str):
                 continue
-            where = positions.get(id(item))
-            param = f"input[{where}].encrypted_content" if where is not None else "input"
-            text = self.open(sealed, param=param)
+            text = self.open(sealed, param=f"input[{index}].encrypted_content")
             item["content"] = [{"type": "reasoning_text", "text": text}]
 
 

@@ -113,7 +113,7 @@ class ResponsesService:
             )
         tool_mode = parse_tool_choice(req.tool_choice, tools)
         context = await load_context(self.store, req)
-        self.seal.open_items(context.items, context.new_items)
+        self.seal.open_items(context.new_items)
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
         check_text_format(text)
