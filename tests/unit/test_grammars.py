@@ -138,3 +138,17 @@ def test_recognizer_refuses_huge_inputs_instead_of_hanging() -> None:
     grammar = lark_to_grammar("start: /a*/")
     assert grammar.matches("a" * 1000)
     assert not grammar.matches("a" * (256 * 1024 + 1))
+
+
+@pytest.mark.parametrize(
+    ("definition", "problem"),
+    [
+        ("start: " + "(" * 100 + '"a"' + ")" * 100, "nested deeper"),
+        ("start: /" + "(" * 100 + "a" + ")" * 100 + "/", "nested deeper"),
+        ('start: ("a"~1000)~1000', "once repetitions are expanded"),
+        ("start: /(a{1000}){1000}/", "once repetitions are expanded"),
+    ],
+)
+def test_hostile_grammars_are_refused_not_compiled(definition: str, problem: str) -> None:
+    with pytest.raises(GrammarError, match=problem):
+        lark_to_grammar(definition)

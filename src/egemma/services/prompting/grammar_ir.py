@@ -21,8 +21,10 @@ from typing import Any
 
 Node = tuple[Any, ...]
 EMPTY: Node = ("seq", ())
-MAX_CHECK_CHARS = 256 * 1024
+MAX_CHECK_CHARS = 64 * 1024
 MAX_RUN = 256
+# Repetition counts are expanded into rules by llama.cpp: the grammar's size once they are.
+MAX_EXPANDED = 100_000
 
 
 class GrammarError(ValueError):
@@ -125,7 +127,7 @@ class Grammar:
 
     rules: dict[str, Node]
     start: str
-    _memo: dict[tuple[str, int], frozenset[int]] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[int, int], frozenset[int]] = field(default_factory=dict, repr=False)
 
     def validate(self) -> Grammar:
         missing = sorted({n for r in self.rules.values() for n in _refs(r)} - set(self.rules))
@@ -133,6 +135,10 @@ class Grammar:
             raise GrammarError(f"undefined rule or terminal: {', '.join(missing)}")
         if self.start not in self.rules:
             raise GrammarError(f"the start rule '{self.start}' is not defined")
+        if sum(_expanded(node) for node in self.rules.values()) > MAX_EXPANDED:
+            raise GrammarError(
+                f"the grammar has more than {MAX_EXPANDED} elements once repetitions are expanded"
+            )
         self._check_left_recursion()
         return self
 
@@ -152,7 +158,8 @@ class Grammar:
     # -- recognizer ---------------------------------------------------------------------------
 
     def matches(self, text: str) -> bool:
-        """Whether ``text`` is in the grammar's language (inputs over 256 KiB are refused)."""
+        """Whether ``text`` is in the grammar's language (inputs over 64 Ki characters are
+        refused). Every (node, position) is computed once."""
         if len(text) > MAX_CHECK_CHARS:
             return False
         self._memo = {}
@@ -164,20 +171,24 @@ class Grammar:
             self._memo = {}
 
     def _ends(self, node: Node, pos: int, text: str) -> frozenset[int]:
+        """Every position where a match of ``node`` starting at ``pos`` can end."""
         kind = node[0]
         if kind == "lit":
             return frozenset((pos + len(node[1]),)) if text.startswith(node[1], pos) else _NONE
         if kind == "cls":
-            return (
-                frozenset((pos + 1,)) if pos < len(text) and _in_class(node, text[pos]) else _NONE
-            )
+            inside = pos < len(text) and _in_class(node, text[pos])
+            return frozenset((pos + 1,)) if inside else _NONE
+        key = (id(node), pos)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._compute(node, pos, text)
+            self._memo[key] = found
+        return found
+
+    def _compute(self, node: Node, pos: int, text: str) -> frozenset[int]:
+        kind = node[0]
         if kind == "ref":
-            key = (node[1], pos)
-            found = self._memo.get(key)
-            if found is None:
-                found = self._ends(self.rules[node[1]], pos, text)
-                self._memo[key] = found
-            return found
+            return self._ends(self.rules[node[1]], pos, text)
         if kind == "seq":
             current = frozenset((pos,))
             for item in node[1]:
@@ -244,6 +255,16 @@ _NONE: frozenset[int] = frozenset()
 def _in_class(node: Node, c: str) -> bool:
     inside = any(lo <= c <= hi for lo, hi in node[2])
     return inside != bool(node[1])
+
+
+def _expanded(node: Node) -> int:
+    kind = node[0]
+    if kind in ("seq", "alt"):
+        return max(1, sum(_expanded(n) for n in node[1]))
+    if kind == "rep":
+        high: int = node[3] if node[3] is not None else max(node[2], 1)
+        return _expanded(node[1]) * max(high, 1)
+    return 1
 
 
 def _refs(node: Node) -> set[str]:

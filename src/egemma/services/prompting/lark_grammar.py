@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from egemma.services.prompting.grammar_ir import Grammar, GrammarError, Node, alt, lit, rep, seq
-from egemma.services.prompting.regex_grammar import regex_to_node
+from egemma.services.prompting.regex_grammar import MAX_NESTING, regex_to_node
 
 MAX_GRAMMAR_CHARS = 64 * 1024
 
@@ -142,6 +142,7 @@ class _Expansions:
         self.name = name
         self.tokens = self._tokenize(body)
         self.pos = 0
+        self.depth = 0
 
     def fail(self, what: str) -> GrammarError:
         return GrammarError(f"rule '{self.name}': {what}")
@@ -219,7 +220,11 @@ class _Expansions:
     def _atom(self) -> Node:
         kind, value = self.take()
         if (kind, value) in (("op", "("), ("op", "[")):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.fail(f"groups are nested deeper than {MAX_NESTING}")
             inner = self._alternatives()
+            self.depth -= 1
             close = ")" if value == "(" else "]"
             if self.take() != ("op", close):
                 raise self.fail(f"missing '{close}'")

@@ -34,6 +34,7 @@ _REFUSED = {
     "G": "\\G",
 }
 MAX_REPEAT = 1000
+MAX_NESTING = 64
 
 
 def regex_to_node(pattern: str, *, dotall: bool = False) -> Node:
@@ -46,6 +47,7 @@ class _Reader:
         self.src = pattern
         self.pos = 0
         self.dotall = dotall
+        self.depth = 0
 
     def fail(self, what: str) -> GrammarError:
         return GrammarError(f"regex /{self.src}/: {what} (at position {self.pos})")
@@ -145,7 +147,11 @@ class _Reader:
             self.pos = close + 1
         elif self.peek() == "?":
             raise self.fail("lookarounds, inline flags and conditionals cannot be expressed")
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(f"groups are nested deeper than {MAX_NESTING}")
         node = self._alternation()
+        self.depth -= 1
         if self.peek() != ")":
             raise self.fail("missing ')'")
         self.pos += 1

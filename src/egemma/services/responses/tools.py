@@ -4,7 +4,6 @@ hostile schemas out of the grammar compiler (a 400, never a 500 or a runaway com
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +12,6 @@ from egemma.services.prompting.grammar_ir import Grammar, GrammarError
 from egemma.services.prompting.lark_grammar import lark_to_grammar
 from egemma.services.prompting.regex_grammar import regex_to_node
 from egemma.services.prompting.types import ToolMode, ToolSpec
-
-log = logging.getLogger(__name__)
 
 MAX_TOOLS = 128
 MAX_TOOLS_JSON_BYTES = 256 * 1024
@@ -25,7 +22,7 @@ MAX_ENUM_VALUES = 1024
 
 
 # Tool types the server cannot run (OpenAI-hosted, or needing a connection it does not make):
-# accepted, not offered to the model, and reported (``X-Egemma-Ignored-Tools``, a warning).
+# accepted, not offered to the model, and reported (``X-Ignored-Tools``, a log warning).
 # Only a ``tool_choice`` that forces one of them is refused.
 HOSTED_CHOICES = frozenset(
     {
