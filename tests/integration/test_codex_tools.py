@@ -262,3 +262,80 @@ async def test_models_answers_codex_metadata_beside_the_openai_list(
         assert info["input_modalities"] == ["text"]
         assert info["supported_reasoning_levels"] == []  # template models do not reason
     assert [m.id async for m in sdk.models.list()] == list(ENGINES)
+
+
+CHAT_APPLY_PATCH = {
+    "type": "custom",
+    "custom": {
+        "name": "apply_patch",
+        "description": APPLY_PATCH["description"],
+        "format": {
+            "type": "grammar",
+            "grammar": {"syntax": "lark", "definition": APPLY_PATCH["format"]["definition"]},
+        },
+    },
+}
+
+
+async def test_chat_completions_custom_tools(
+    app_client: tuple[httpx.AsyncClient, AsyncOpenAI], engines: Engines
+) -> None:
+    http, sdk = app_client
+    choice = {"type": "custom", "custom": {"name": "apply_patch"}}
+    messages = [{"role": "user", "content": "add hello"}]
+    done = await sdk.chat.completions.create(
+        model="raw", messages=messages, tools=[CHAT_APPLY_PATCH], tool_choice=choice
+    )
+    assert done.choices[0].finish_reason == "tool_calls"
+    call = done.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.type == "custom"
+    assert (call.custom.name, call.custom.input) == ("apply_patch", PATCH)
+    engine = engines.chat["raw"]
+    assert isinstance(engine, FakeChatEngine)
+    assert engine.requests[-1].params.gbnf is not None
+
+    body = {
+        "model": "raw",
+        "messages": messages,
+        "tools": [CHAT_APPLY_PATCH],
+        "tool_choice": choice,
+        "stream": True,
+    }
+    streamed = await http.post("/v1/chat/completions", json=body, headers=AUTH)
+    chunks = [
+        json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")
+    ]
+    calls = [
+        c["choices"][0]["delta"]["tool_calls"][0]
+        for c in chunks
+        if c["choices"] and c["choices"][0]["delta"].get("tool_calls")
+    ]
+    assert calls == [
+        {
+            "index": 0,
+            "id": calls[0]["id"],
+            "type": "custom",
+            "custom": {"name": "apply_patch", "input": PATCH},
+        }
+    ]
+
+    # The call and its result replayed as chat messages.
+    history = [
+        *messages,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_7",
+                    "type": "custom",
+                    "custom": {"name": "apply_patch", "input": PATCH},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_7", "content": "Success."},
+    ]
+    again = await sdk.chat.completions.create(
+        model="text", messages=history, tools=[CHAT_APPLY_PATCH]
+    )
+    assert again.choices[0].message.content == "Done."
