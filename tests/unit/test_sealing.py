@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from egemma.errors import InvalidRequestError
+from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.services.responses.sealing import KEY_FILE, ReasoningSeal, load_key
 
 
@@ -63,3 +63,15 @@ def test_open_items_restores_content_from_the_seal(tmp_path: Path) -> None:
     }
     seal.open_items([replayed])
     assert replayed["content"] == [{"type": "reasoning_text", "text": "what the model thought"}]
+
+
+def test_key_is_created_on_first_use_and_an_unwritable_dir_is_503(tmp_path: Path) -> None:
+    seal = ReasoningSeal.from_data_dir(tmp_path / "data")
+    assert not (tmp_path / "data" / KEY_FILE).exists()  # nothing written until needed
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    broken = ReasoningSeal.from_data_dir(blocked)
+    with pytest.raises(UnavailableError) as err:
+        broken.seal("x")
+    assert err.value.status_code == 503
+    assert seal.open(seal.seal("x"), param="p") == "x"

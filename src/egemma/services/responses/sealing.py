@@ -20,13 +20,16 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import zlib
 from pathlib import Path
 from typing import Any
 
-from egemma.errors import InvalidRequestError
+from egemma.errors import InvalidRequestError, UnavailableError
+
+log = logging.getLogger(__name__)
 
 KEY_FILE = "reasoning_key"
 PREFIX = "egr1."
@@ -60,17 +63,35 @@ def load_key(data_dir: Path) -> bytes:
 
 
 class ReasoningSeal:
-    """Seals reasoning text into ``encrypted_content`` and opens it again."""
+    """Seals reasoning text into ``encrypted_content`` and opens it again. The key is read
+    (or created) on first use, so a server that never seals never writes it."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes | None = None, data_dir: Path | None = None) -> None:
         self._key = key
+        self._data_dir = data_dir
 
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> ReasoningSeal:
-        return cls(load_key(data_dir))
+        return cls(data_dir=data_dir)
+
+    def _secret(self) -> bytes:
+        if self._key is None:
+            if self._data_dir is None:
+                raise ValueError("ReasoningSeal needs a key or a data directory")
+            try:
+                self._key = load_key(self._data_dir)
+            except (OSError, ValueError):
+                log.exception("cannot read or create %s", self._data_dir / KEY_FILE)
+                raise UnavailableError(
+                    "The server cannot read or create its reasoning key.",
+                    code="reasoning_key_unavailable",
+                    retry_after=30,
+                ) from None
+        return self._key
 
     def _tag(self, body: str) -> str:
-        return _b64(hmac.new(self._key, (PREFIX + body).encode("ascii"), hashlib.sha256).digest())
+        mac = hmac.new(self._secret(), (PREFIX + body).encode("ascii"), hashlib.sha256)
+        return _b64(mac.digest())
 
     def seal(self, text: str) -> str:
         payload = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8")
