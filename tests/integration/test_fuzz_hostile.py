@@ -67,9 +67,10 @@ schemas = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     unlimited = "1000000"
     app_settings = make_settings(
+        DATA_DIR=str(tmp_path_factory.mktemp("fuzz-data")),
         WORKBENCH_API_KEY=TEST_KEY,
         CHAT_RATE_LIMIT_CALLS=unlimited,
         EMBED_RATE_LIMIT_CALLS=unlimited,
