@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-PREFIXES = frozenset({"resp", "msg", "fc", "call", "rs", "conv", "fco", "item", "chatcmpl", "req"})
+PREFIXES = frozenset(
+    {"resp", "msg", "fc", "call", "rs", "conv", "fco", "ctc", "ctco", "item", "chatcmpl", "req"}
+)
 
 
 def new_id(prefix: str) -> str:

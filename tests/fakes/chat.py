@@ -96,6 +96,7 @@ class FakeChatEngine(QueuedEngine):
         self.cancelled = 0
         self.running = 0
         self.prompts: list[list[int]] = []
+        self.requests: list[GenerationRequest] = []
         self.closed = False
         self._lock = threading.Lock()
 
@@ -148,6 +149,7 @@ class FakeChatEngine(QueuedEngine):
             self.generations += 1
             self.running += 1
             self.prompts.append(list(prompt))
+            self.requests.append(request)
         try:
             for i, piece in enumerate(self._pieces()):
                 if self.delay:

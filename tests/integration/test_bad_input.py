@@ -257,7 +257,31 @@ TOOLS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
     "empty name": ([_tool("")], None),
     "duplicate names": ([_tool("f"), _tool("f")], None),
     "not an object": (["f"], None),
-    "unsupported type": ([{"type": "web_search"}], "unsupported_tool_type"),
+    "grammar with %ignore": (
+        [
+            {
+                "type": "custom",
+                "name": "c",
+                "format": {
+                    "type": "grammar",
+                    "syntax": "lark",
+                    "definition": 'start: "a"\n%ignore " "',
+                },
+            }
+        ],
+        "unsupported_grammar",
+    ),
+    "regex with lookahead": (
+        [
+            {
+                "type": "custom",
+                "name": "c",
+                "format": {"type": "grammar", "syntax": "regex", "definition": "a(?=b)"},
+            }
+        ],
+        "unsupported_grammar",
+    ),
+    "namespace without tools": ([{"type": "namespace", "name": "n", "tools": []}], None),
     "schema not an object": ([{"type": "function", "name": "f", "parameters": [1]}], None),
 }
 

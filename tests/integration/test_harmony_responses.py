@@ -77,6 +77,10 @@ class RecordedHarmonyEngine(QueuedEngine):
         ids = self.tokenize(text)
         return ids[0] if len(ids) == 1 else None
 
+    def check_grammar(self, json_schema: str) -> None:
+        """Replays a recording: any schema that is JSON is fine."""
+        json.loads(json_schema)
+
     def generate(self, request: GenerationRequest) -> TokenStream:
         return ThreadedTokenStream(self._generate, request)
 
@@ -172,3 +176,132 @@ async def test_reasoning_and_call_then_final_answer(
     assert "functions.get_weather" in replay
     assert "sunny" in replay
     assert "Be brief." not in replay  # instructions are not carried over
+
+
+PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch\n"
+APPLY_PATCH = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files.",
+    "format": {
+        "type": "grammar",
+        "syntax": "lark",
+        "definition": 'start: "*** Begin Patch\\n" hunk+ "*** End Patch\\n"\n'
+        'hunk: "*** Add File: " /.+/ "\\n" ("+" /.*/ "\\n")+\n',
+    },
+}
+
+
+async def test_encrypted_reasoning_keeps_a_stateless_chain(
+    setup: tuple[httpx.AsyncClient, RecordedHarmonyEngine],
+) -> None:
+    """Codex's turn: store false, include encrypted_content, the whole history resent with
+    reasoning items that carry only summary + encrypted_content (issue 13)."""
+    client, engine = setup
+    request = {
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "tools": TOOLS,
+        "reasoning": {"summary": "auto"},
+    }
+    user = {
+        "type": "message",
+        "id": "msg_client_1",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "Weather in Oslo?"}],
+    }
+    first = await client.post("/v1/responses", json={**request, "input": [user]})
+    assert first.status_code == 200, first.text
+    reasoning, call = first.json()["output"]
+    sealed = reasoning["encrypted_content"]
+    assert isinstance(sealed, str)
+    assert sealed.startswith("egr1.")
+    assert (await client.get(f"/v1/responses/{first.json()['id']}")).status_code == 404
+
+    # Replayed as Codex does: the raw reasoning_text content is not sent back.
+    replayed = {
+        "type": "reasoning",
+        "id": reasoning["id"],
+        "summary": reasoning["summary"],
+        "encrypted_content": sealed,
+    }
+    output = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+    engine.script = FINAL
+    history = [user, replayed, call, output]
+    second = await client.post("/v1/responses", json={**request, "input": history})
+    assert second.status_code == 200, second.text
+    prompt = engine.encoding.decode(engine.prompts[-1])
+    assert "<|channel|>analysis<|message|>The user wants the weather; call the tool." in prompt
+
+    tampered = {
+        **replayed,
+        "encrypted_content": sealed[:-2] + ("AA" if sealed[-2:] != "AA" else "BB"),
+    }
+    bad = await client.post(
+        "/v1/responses", json={**request, "input": [user, tampered, call, output]}
+    )
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert (error["code"], error["param"]) == (
+        "invalid_encrypted_content",
+        "input[1].encrypted_content",
+    )
+
+
+async def test_harmony_custom_tool_calls(
+    setup: tuple[httpx.AsyncClient, RecordedHarmonyEngine],
+) -> None:
+    client, engine = setup
+    engine.script = f"<|channel|>commentary to=functions.apply_patch<|message|>{PATCH}<|call|>"
+    auto = await client.post("/v1/responses", json={"input": "add a.txt", "tools": [APPLY_PATCH]})
+    assert auto.status_code == 200, auto.text
+    call = auto.json()["output"][-1]
+    assert (call["type"], call["name"], call["input"]) == ("custom_tool_call", "apply_patch", PATCH)
+    prompt = engine.encoding.decode(engine.prompts[-1])
+    assert "Free-form tool" in prompt
+
+    # Forced: the server opens the call itself; the model writes only the input.
+    engine.script = f"{PATCH}<|call|>"
+    forced = await client.post(
+        "/v1/responses",
+        json={
+            "input": "add a.txt",
+            "tools": [APPLY_PATCH],
+            "tool_choice": {"type": "custom", "name": "apply_patch"},
+        },
+    )
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["output"][-1]["input"] == PATCH
+    prompt = engine.encoding.decode(engine.prompts[-1])
+    assert prompt.endswith("<|channel|>commentary to=functions.apply_patch<|message|>")
+
+    # Replayed as input, the call renders as a free-form commentary message.
+    engine.script = FINAL
+    history = [
+        {"role": "user", "content": "add a.txt"},
+        {"type": "custom_tool_call", "call_id": "call_9", "name": "apply_patch", "input": PATCH},
+        {"type": "custom_tool_call_output", "call_id": "call_9", "output": "Done."},
+    ]
+    third = await client.post("/v1/responses", json={"input": history, "tools": [APPLY_PATCH]})
+    assert third.status_code == 200, third.text
+    prompt = engine.encoding.decode(engine.prompts[-1])
+    assert f"to=functions.apply_patch<|channel|>commentary<|message|>{PATCH}<|call|>" in prompt
+    assert (
+        "<|start|>functions.apply_patch to=assistant<|channel|>commentary<|message|>Done." in prompt
+    )
+
+
+async def test_forced_function_call_opens_in_the_prefilled_header(
+    setup: tuple[httpx.AsyncClient, RecordedHarmonyEngine],
+) -> None:
+    """The prefilled header opened the call, but its delta was dropped (and the arguments with
+    it): a forced call came back as an empty output."""
+    client, engine = setup
+    engine.script = '{"city": "Oslo"}<|call|>'
+    answer = await client.post(
+        "/v1/responses", json={"input": "Weather?", "tools": TOOLS, "tool_choice": "required"}
+    )
+    assert answer.status_code == 200, answer.text
+    call = answer.json()["output"][-1]
+    assert (call["type"], call["name"]) == ("function_call", "get_weather")
+    assert json.loads(call["arguments"]) == {"city": "Oslo"}

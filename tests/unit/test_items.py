@@ -262,14 +262,13 @@ def test_malformed_items_name_the_field(value: Any, param: str) -> None:
         "mcp_list_tools",
         "file_search_call",
         "local_shell_call",
-        "custom_tool_call",
     ],
 )
 def test_hosted_tool_items_are_refused_by_type(kind: str) -> None:
     err = _bad([{"type": kind, "id": "x"}])
     assert err.param == "input[0].type"
     assert kind in err.message
-    assert "only function tools" in err.message
+    assert "only function and custom tools" in err.message
 
 
 def test_param_prefix_is_configurable() -> None:

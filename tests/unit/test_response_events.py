@@ -123,3 +123,40 @@ def test_sse_writer_numbers_from_zero_and_keeps_alive() -> None:
     assert b": keep-alive\n\n" in chunks
     payloads = [json.loads(c.split(b"data: ")[1]) for c in chunks if c.startswith(b"event:")]
     assert [p["sequence_number"] for p in payloads] == [0, 1]
+
+
+def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
+    """Codex's idle timer ignores comments: while the prompt is read, a repeated
+    ``response.in_progress`` keeps it alive; once output has started, comments do."""
+    beat_seen, comment_seen = asyncio.Event(), asyncio.Event()
+    response = {"id": "resp_1", "status": "in_progress", "output": []}
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "response.created", "response": response}
+        yield {"type": "response.in_progress", "response": response}
+        await beat_seen.wait()
+        yield {"type": "response.output_item.added", "output_index": 0, "item": {}}
+        await comment_seen.wait()
+        yield {"type": "response.completed", "response": response}
+
+    async def collect() -> list[bytes]:
+        chunks = []
+        async for chunk in sse_bytes(events(), keepalive=0.01):
+            chunks.append(chunk)
+            if chunk.startswith(b"event: response.in_progress") and len(chunks) > 2:
+                beat_seen.set()
+            if chunk == b": keep-alive\n\n":
+                comment_seen.set()
+        return chunks
+
+    chunks = asyncio.run(asyncio.wait_for(collect(), 30))
+    frames = [json.loads(c.split(b"data: ")[1]) for c in chunks if c.startswith(b"event:")]
+    kinds = [f["type"] for f in frames]
+    added = kinds.index("response.output_item.added")
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.in_progress"]
+    assert set(kinds[1:added]) == {"response.in_progress"}
+    assert all(f["response"]["id"] == "resp_1" for f in frames[1:added])
+    assert kinds[added + 1 :] == ["response.completed"]
+    added_chunk = next(i for i, c in enumerate(chunks) if b"response.output_item.added" in c)
+    assert chunks.index(b": keep-alive\n\n") > added_chunk  # no comment while waiting
+    assert [f["sequence_number"] for f in frames] == list(range(len(frames)))

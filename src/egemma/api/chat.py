@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from egemma.api.deps import ChatDep, OwnerDep, StateDep
+from egemma.api.responses import ignored_tools_header
 from egemma.api.sse import EventStreamResponse
 from egemma.protocol.responses import ChatCompletionRequest
 from egemma.ratelimit import rate_limit
@@ -22,6 +23,7 @@ async def create_chat_completion(
     state: StateDep,
 ) -> Response:
     prepared = await service.prepare(body, owner)
+    headers = ignored_tools_header(prepared.prepared.ignored_tools)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
         return EventStreamResponse(
@@ -29,5 +31,8 @@ async def create_chat_completion(
             on_close=run.close,
             framing="chat",
             write_timeout=state.settings.server.stream_write_timeout,
+            headers=headers,
         )
-    return JSONResponse(await service.complete(prepared, run, request.is_disconnected))
+    return JSONResponse(
+        await service.complete(prepared, run, request.is_disconnected), headers=headers
+    )

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from egemma.api.deps import StateDep
+from egemma.services.model_catalog import codex_model_info
+from egemma.services.prompting.formats import detect_family
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", summary="List served models")
-async def list_models(state: StateDep) -> dict[str, Any]:
+async def list_models(
+    state: StateDep,
+    client_version: str | None = Query(
+        default=None,
+        max_length=64,
+        description="Sent by Codex CLI: the answer then also carries `models`, its model "
+        "metadata (context window, reasoning levels, tool types).",
+    ),
+) -> dict[str, Any]:
     engines = state.engines
     created = state.started_at
     data: dict[str, dict[str, Any]] = {}
@@ -40,4 +50,16 @@ async def list_models(state: StateDep) -> dict[str, Any]:
         add(engines.embedding.name, "embeddings")
     if engines.gemini is not None:
         add(state.settings.gemini.default_model, "summarize")
-    return {"object": "list", "data": list(data.values())}
+    listing: dict[str, Any] = {"object": "list", "data": list(data.values())}
+    if client_version is not None:
+        chat = state.settings.chat
+        listing["models"] = [
+            codex_model_info(
+                engine,
+                harmony=detect_family(engine, chat.prompt_format) == "harmony",
+                effort=chat.reasoning_effort,
+                priority=priority,
+            )
+            for priority, engine in enumerate(engines.chat.values())
+        ]
+    return listing

@@ -26,11 +26,20 @@ async def create_response(
     if body.store is not False or body.conversation is not None:
         await require_store(request)  # its answer is written after generation: check first
     prepared = await service.prepare(body, owner)
+    headers = ignored_tools_header(prepared.ignored_tools)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
         timeout = state.settings.server.stream_write_timeout
-        return EventStreamResponse(run.events, on_close=run.close, write_timeout=timeout)
-    return JSONResponse(await run.final(request.is_disconnected))
+        return EventStreamResponse(
+            run.events, on_close=run.close, write_timeout=timeout, headers=headers
+        )
+    return JSONResponse(await run.final(request.is_disconnected), headers=headers)
+
+
+def ignored_tools_header(ignored: tuple[str, ...]) -> dict[str, str]:
+    """``X-Ignored-Tools``: the request's tools the server cannot run and did not offer to the
+    model (hosted tools such as ``web_search``), so a client can tell."""
+    return {"X-Ignored-Tools": ", ".join(ignored)} if ignored else {}
 
 
 @router.post("/v1/responses/input_tokens", dependencies=[Depends(rate_limit("chat"))])

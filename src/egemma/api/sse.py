@@ -5,7 +5,10 @@
 
 Each ``data:`` line is exactly one ``json.dumps`` payload, which escapes ``\\n`` and ``\\r``: model
 text can never forge an event. Event names come from our code, never from user or model text.
-During a long prefill, ``: keep-alive`` comments keep proxies from timing the stream out.
+During a long prefill, ``: keep-alive`` comments keep proxies from timing the stream out; once
+``response.created`` is out and before the first output item, a repeated ``response.in_progress``
+is sent instead, because clients with an idle timer on events (Codex CLI's ignores comments,
+issue 13) would otherwise give up on a long prompt.
 """
 
 from __future__ import annotations
@@ -74,13 +77,19 @@ async def sse_bytes(
     """Frame each event (Responses: stamped with ``sequence_number`` from 0); comments while
     waiting. A failure mid-stream becomes a final error frame, never a cut stream."""
     sequence = 0
+    waiting: dict[str, Any] | None = None  # the response while no output has started
     try:
         async for event in with_keepalives(events, keepalive):
-            if event is None:
+            if event is None and waiting is not None and framing == "responses":
+                beat = {"type": "response.in_progress", "response": waiting}
+                yield encode_event({"type": beat["type"], "sequence_number": sequence, **beat})
+                sequence += 1
+            elif event is None:
                 yield KEEPALIVE
             elif framing == "chat":
                 yield encode_data(event)
             else:
+                waiting = _waiting_response(event, waiting)
                 yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
                 sequence += 1
     except Exception:
@@ -93,6 +102,12 @@ async def sse_bytes(
             return
     if framing == "chat":
         yield DONE
+
+
+def _waiting_response(event: dict[str, Any], current: dict[str, Any] | None) -> Any:
+    if event["type"] in ("response.created", "response.in_progress") and "response" in event:
+        return event["response"]
+    return None if event["type"] != "response.queued" else current
 
 
 class EventStreamResponse(StreamingResponse):
@@ -111,12 +126,13 @@ class EventStreamResponse(StreamingResponse):
         on_close: Callable[[], None],
         framing: Framing = "responses",
         write_timeout: float = WRITE_TIMEOUT_SECONDS,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._events = events
         self._on_close = on_close
         self._write_timeout = write_timeout
         self._stalled = False
-        super().__init__(sse_bytes(events, framing=framing), headers=HEADERS)
+        super().__init__(sse_bytes(events, framing=framing), headers={**HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def timed_send(message: Message) -> None:

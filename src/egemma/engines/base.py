@@ -54,8 +54,8 @@ class SpecialTokens:
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one generation. ``json_schema`` (canonical JSON text) constrains decoding
-    with a grammar built from it; generation ends at ``max_tokens``, an end-of-generation token
-    or one of ``stop_token_ids``."""
+    with a grammar built from it, ``gbnf`` with that grammar text itself; generation ends at
+    ``max_tokens``, an end-of-generation token or one of ``stop_token_ids``."""
 
     max_tokens: int
     temperature: float = 0.3
@@ -64,6 +64,7 @@ class SamplingParams:
     top_k: int = 0
     stop_token_ids: tuple[int, ...] = ()
     json_schema: str | None = None
+    gbnf: str | None = None
 
 
 @dataclass(frozen=True)

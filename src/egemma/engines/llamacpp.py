@@ -165,14 +165,15 @@ class LlamaChatEngine:
             n += 1
         return min(n, max(len(prompt) - 1, 0))
 
-    def _grammar(self, key: str) -> Any:
+    def _grammar(self, key: str, gbnf: str | None = None) -> Any:
         from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
         grammar = self._grammar_cache.get(key)
         if grammar is None:
             # Keep the schema's own property order (the converter sorts alphabetically otherwise):
             # a call's "name" must come before its "arguments" so it can be streamed.
-            gbnf = json_schema_to_gbnf(key, prop_order=_property_order(json.loads(key)))
+            if gbnf is None:
+                gbnf = json_schema_to_gbnf(key, prop_order=_property_order(json.loads(key)))
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)
             if len(self._grammar_cache) > GRAMMAR_CACHE_SIZE:
                 self._grammar_cache.clear()
@@ -209,7 +210,11 @@ class LlamaChatEngine:
         """Blocking token loop on the engine's thread. Stops on an end-of-generation token, a
         stop token, the token budget, or ``cancel`` (checked before every token)."""
         prompt, params, cancel = request.prompt, request.params, request.cancel
-        grammar = self._grammar(params.json_schema) if params.json_schema is not None else None
+        grammar = None
+        if params.gbnf is not None:
+            grammar = self._grammar("gbnf:" + params.gbnf, params.gbnf)
+        elif params.json_schema is not None:
+            grammar = self._grammar(params.json_schema)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stop_ids = set(params.stop_token_ids)
         with self._lock:

@@ -21,7 +21,12 @@ from egemma.services.prompting import harmony, templates
 from egemma.services.prompting.plan import Prompter, PromptPlan
 from egemma.services.prompting.schemas import bound_schema, call_schema, text_format_schema
 from egemma.services.prompting.segments import tokenize_rendered
-from egemma.services.prompting.toolcalls import JsonCallParser, TextParser, ToolTagParser
+from egemma.services.prompting.toolcalls import (
+    JsonCallParser,
+    RawInputParser,
+    TextParser,
+    ToolTagParser,
+)
 from egemma.services.prompting.types import OutputParser, ToolMode, Turn
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,12 @@ class TemplatePrompter:
         bos = special.bos_id if special.add_bos else -1
         if bos >= 0 and (not tokens or tokens[0] != bos):
             tokens.insert(0, bos)
+        if required and len(offered) == 1 and offered[0].kind == "custom":
+            # A forced custom tool: the whole answer is its input, under its grammar if any.
+            name = offered[0].name
+            return PromptPlan(
+                tokens, self.stop_ids, lambda: RawInputParser(name), gbnf=offered[0].grammar
+            )
         if required:
             return PromptPlan(tokens, self.stop_ids, JsonCallParser, call_schema(offered))
         schema = text_format_schema(text)
@@ -119,8 +130,15 @@ class HarmonyPrompter:
             turns, offered, instructions=instructions, effort=effort, encoding=self.encoding
         )
         schema: dict[str, Any] | None = None
+        gbnf: str | None = None
         prefill: list[int] = []
-        if tool_mode.mode == "required" and len(offered) == 1:
+        if tool_mode.mode == "required" and len(offered) == 1 and offered[0].kind == "custom":
+            # Free-form input: the message body is the input itself, under its grammar if any.
+            prefill = self._encode(
+                f"<|channel|>commentary to=functions.{offered[0].name}<|message|>"
+            )
+            gbnf = offered[0].grammar
+        elif tool_mode.mode == "required" and len(offered) == 1:
             # Open the call ourselves, then constrain its arguments to the tool's parameters.
             tool = offered[0]
             prefill = self._encode(
@@ -140,7 +158,13 @@ class HarmonyPrompter:
             return made
 
         return PromptPlan(
-            tokens + prefill, self.stop_ids, parser, schema, prefill=prefill, family="harmony"
+            tokens + prefill,
+            self.stop_ids,
+            parser,
+            schema,
+            prefill=prefill,
+            family="harmony",
+            gbnf=gbnf,
         )
 
 

@@ -91,6 +91,10 @@ def _system_message(effort: str, conversation_start_date: str | None) -> Message
 
 def _tool_description(tool: ToolSpec) -> ToolDescription:
     # An empty schema renders as ``() => any``, a real one as a TypeScript-like signature.
+    if tool.kind == "custom":
+        note = "Free-form tool: the message is the input itself as plain text, not JSON."
+        text = f"{tool.description}\n{note}" if tool.description else note
+        return ToolDescription.new(tool.name, text, None)
     return ToolDescription.new(tool.name, tool.description or "", tool.parameters or None)
 
 
@@ -123,6 +127,21 @@ def _tool_author(turn: Turn, call_names: dict[str, str]) -> str:
     return f"{FUNCTIONS_NAMESPACE}.{name}"
 
 
+def _call_message(turn: Turn, name: str) -> Message:
+    if turn.custom:  # free-form input, as the model wrote it
+        return (
+            Message.from_role_and_content(Role.ASSISTANT, turn.text)
+            .with_channel("commentary")
+            .with_recipient(f"{FUNCTIONS_NAMESPACE}.{name}")
+        )
+    return (
+        Message.from_role_and_content(Role.ASSISTANT, turn.arguments or "{}")
+        .with_channel("commentary")
+        .with_recipient(f"{FUNCTIONS_NAMESPACE}.{name}")
+        .with_content_type("<|constrain|>json")
+    )
+
+
 def _conversation_messages(turns: Sequence[Turn]) -> list[Message]:
     kept = _kept_reasoning(turns)
     call_names: dict[str, str] = {}
@@ -142,12 +161,7 @@ def _conversation_messages(turns: Sequence[Turn]) -> list[Message]:
             name = turn.name or "tool"
             if turn.call_id:
                 call_names[turn.call_id] = name
-            messages.append(
-                Message.from_role_and_content(Role.ASSISTANT, turn.arguments or "{}")
-                .with_channel("commentary")
-                .with_recipient(f"{FUNCTIONS_NAMESPACE}.{name}")
-                .with_content_type("<|constrain|>json")
-            )
+            messages.append(_call_message(turn, name))
         elif turn.kind == "tool_result":
             author = Author.new(Role.TOOL, _tool_author(turn, call_names))
             messages.append(

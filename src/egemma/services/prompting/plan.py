@@ -26,6 +26,8 @@ class PromptPlan:
     json_schema: dict[str, Any] | None = None
     prefill: list[int] = field(default_factory=list)
     family: str = "template"
+    gbnf: str | None = None
+    """A GBNF grammar (a custom tool's input) instead of ``json_schema``."""
 
     def grammar_key(self) -> str | None:
         """The schema as the canonical JSON text engines build (and cache) grammars from."""

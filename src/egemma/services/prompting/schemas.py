@@ -63,6 +63,17 @@ def call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "name": {"const": t.name},
+                # A custom tool's free-form input as a JSON string; its grammar, if any, is
+                # checked on the decoded input (services/responses/service.py).
+                "input": {"type": "string"},
+            },
+            "required": ["name", "input"],
+        }
+        if t.kind == "custom"
+        else {
+            "type": "object",
+            "properties": {
+                "name": {"const": t.name},
                 "arguments": bound_schema(t.parameters or {"type": "object"}),
             },
             "required": ["name", "arguments"],

@@ -78,22 +78,45 @@ def template_for(architecture: str, embedded: str | None) -> ChatTemplate:
     return ChatTemplate(CHATML_TEMPLATE, "fallback:chatml", merges_system=False)
 
 
+def _describe(tool: ToolSpec) -> str:
+    described: dict[str, Any]
+    if tool.kind == "custom":
+        described = {"name": tool.name, "description": tool.description or "", "input": "text"}
+    else:
+        described = {
+            "name": tool.name,
+            "description": tool.description or "",
+            "parameters": tool.parameters,
+        }
+    return json.dumps(described, ensure_ascii=False)
+
+
 def tool_instructions(tools: Sequence[ToolSpec], required: bool) -> str:
+    if required and len(tools) == 1 and tools[0].kind == "custom":
+        tool = tools[0]
+        return "\n".join(
+            (
+                f"Answer only with the input for the {tool.name} tool, nothing else.",
+                f"About {tool.name}: {tool.description or ''}".rstrip(),
+            )
+        )
     lines = [
         "You can call these functions:",
-        *(
-            json.dumps(
-                {"name": t.name, "description": t.description or "", "parameters": t.parameters},
-                ensure_ascii=False,
-            )
-            for t in tools
-        ),
+        *(_describe(t) for t in tools),
         "To call a function, answer with exactly "
         + TOOL_CALL_OPEN
         + '{"name": <function name>, "arguments": <JSON object>}'
         + TOOL_CALL_CLOSE
         + ".",
     ]
+    if any(t.kind == "custom" for t in tools):
+        lines.append(
+            'A function whose "input" is "text" takes free-form text instead: answer with '
+            + TOOL_CALL_OPEN
+            + '{"name": <function name>, "input": <the text as a JSON string>}'
+            + TOOL_CALL_CLOSE
+            + "."
+        )
     if not required:
         lines.append("If no function is needed, answer the user directly.")
     return "\n".join(lines)
@@ -112,9 +135,7 @@ def turns_to_messages(
         if turn.kind == "reasoning":
             continue  # earlier chain of thought is not replayed to template models
         if turn.kind == "tool_call":
-            call = {"name": turn.name, "arguments": _json_or_text(turn.arguments or "{}")}
-            role = "assistant"
-            text = f"{TOOL_CALL_OPEN}{json.dumps(call, ensure_ascii=False)}{TOOL_CALL_CLOSE}"
+            role, text = "assistant", _call_text(turn)
         elif turn.kind == "tool_result":
             role, text = (
                 "user",
@@ -136,6 +157,15 @@ def turns_to_messages(
         else:
             messages.insert(0, {"role": "system", "content": system_text})
     return messages
+
+
+def _call_text(turn: Turn) -> str:
+    call: dict[str, Any] = {"name": turn.name}
+    if turn.custom:
+        call["input"] = turn.text
+    else:
+        call["arguments"] = _json_or_text(turn.arguments or "{}")
+    return f"{TOOL_CALL_OPEN}{json.dumps(call, ensure_ascii=False)}{TOOL_CALL_CLOSE}"
 
 
 def _json_or_text(value: str) -> Any:

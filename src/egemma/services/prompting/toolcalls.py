@@ -96,16 +96,10 @@ class ToolTagParser:
             call = json.loads(body)
         except ValueError:
             call = None
-        if (
-            isinstance(call, dict)
-            and call.get("name") in self._tools
-            and isinstance(call.get("arguments", {}), dict)
-        ):
-            args = json.dumps(call.get("arguments", {}), ensure_ascii=False)
-            return [
-                OutputDelta("tool_call", name=call["name"]),
-                OutputDelta("tool_arguments", args),
-            ]
+        found = _tag_call(call, self._tools)
+        if found is not None:
+            name, arguments = found
+            return [OutputDelta("tool_call", name=name), OutputDelta("tool_arguments", arguments)]
         self.invalid_calls += 1
         return self._text.feed(GeneratedToken(-1, TOOL_CALL_OPEN + body + TOOL_CALL_CLOSE))
 
@@ -113,7 +107,42 @@ class ToolTagParser:
         return self._drain(final=True)
 
 
-_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*', re.S)
+def _tag_call(call: object, tools: dict[str, ToolSpec]) -> tuple[str, str] | None:
+    """(name, arguments or input) of a valid tagged call, else None."""
+    if not isinstance(call, dict) or call.get("name") not in tools:
+        return None
+    tool = tools[call["name"]]
+    if tool.kind == "custom":
+        value = call.get("input")
+        return (tool.name, value) if isinstance(value, str) else None
+    arguments = call.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return None
+    return tool.name, json.dumps(arguments, ensure_ascii=False)
+
+
+_HEAD = re.compile(
+    r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(arguments|input)"\s*:\s*', re.S
+)
+
+
+class RawInputParser:
+    """A forced custom tool: the whole output is its input (grammar-constrained when the tool
+    has a grammar), streamed as it arrives."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._started = False
+
+    def feed(self, token: GeneratedToken) -> list[OutputDelta]:
+        out = [] if self._started else [OutputDelta("tool_call", name=self._name)]
+        self._started = True
+        if token.text:
+            out.append(OutputDelta("tool_arguments", token.text))
+        return out
+
+    def finish(self) -> list[OutputDelta]:
+        return [] if self._started else [OutputDelta("tool_call", name=self._name)]
 
 
 class JsonCallParser:
@@ -125,6 +154,7 @@ class JsonCallParser:
         self._named = False
         self._started = False
         self._held = ""
+        self._input: str | None = None  # a custom tool's JSON-string input, decoded at the end
 
     def feed(self, token: GeneratedToken) -> list[OutputDelta]:
         if not self._named:
@@ -135,7 +165,13 @@ class JsonCallParser:
             self._named = True
             name = json.loads(f'"{match.group(1)}"')
             rest, self._head = self._head[match.end() :].lstrip(), ""
+            if match.group(2) == "input":
+                self._input = rest
+                return [OutputDelta("tool_call", name=name)]
             return [OutputDelta("tool_call", name=name), *self._args(rest)]
+        if self._input is not None:
+            self._input += token.text
+            return []
         return self._args(token.text)
 
     def _args(self, text: str) -> list[OutputDelta]:
@@ -149,9 +185,20 @@ class JsonCallParser:
         return [OutputDelta("tool_arguments", stripped)] if stripped else []
 
     def finish(self) -> list[OutputDelta]:
+        if self._input is not None:
+            return self._finish_input(self._input)
         held, self._held = self._held.rstrip(), ""
         if not self._named:
             return [OutputDelta("text", self._head)] if self._head.strip() else []
         if held.endswith("}"):
             held = held[:-1].rstrip()  # the outer object's closing brace
         return [OutputDelta("tool_arguments", held)] if held else []
+
+    def _finish_input(self, text: str) -> list[OutputDelta]:
+        body = text.rstrip()
+        body = body[:-1].rstrip() if body.endswith("}") else body
+        try:
+            value = json.loads(body)
+        except ValueError:
+            value = None
+        return [OutputDelta("tool_arguments", value)] if isinstance(value, str) and value else []

@@ -6,7 +6,7 @@ engine (which only sees token ids).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -23,7 +23,8 @@ class Turn:
 
     - ``system`` / ``developer`` / ``user`` / ``assistant``: ``text``.
     - ``reasoning``: the chain of thought of an earlier assistant turn in ``text``.
-    - ``tool_call``: ``name``, ``call_id``, ``arguments`` (a JSON string).
+    - ``tool_call``: ``name``, ``call_id``, ``arguments`` (a JSON string); a custom tool's
+      call has ``custom`` set and its free-form input in ``text``.
     - ``tool_result``: ``call_id``, ``name`` (resolved from the matching call), ``text`` (output).
     """
 
@@ -32,16 +33,35 @@ class Turn:
     name: str | None = None
     call_id: str | None = None
     arguments: str | None = None
+    custom: bool = False
 
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A flat function tool: name, description and JSON Schema parameters (may be empty)."""
+    """A tool the model may call: name, description and JSON Schema parameters (may be empty).
+
+    ``kind`` is ``function`` (JSON arguments) or ``custom`` (freeform text input, optionally
+    constrained by ``grammar``, a llama.cpp GBNF text). ``name`` is what the model sees; a
+    function from a ``namespace`` tool is shown as ``namespace.local`` and reported back to
+    the client as ``local`` with its ``namespace``.
+    """
 
     name: str
     description: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
+    kind: Literal["function", "custom"] = "function"
+    namespace: str | None = None
+    local_name: str | None = None
+    grammar: str | None = None
+    format: dict[str, Any] | None = field(default=None, compare=False)
+    """A custom tool's grammar ``format`` as the client sent it (echoed in the response)."""
+    check: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+    """For a grammar-constrained custom tool: does a given input match the grammar?"""
+
+    @property
+    def wire_name(self) -> str:
+        return self.local_name or self.name
 
 
 @dataclass(frozen=True)
@@ -84,7 +104,10 @@ class OutputParser(Protocol):
     def finish(self) -> list[OutputDelta]: ...
 
 
-def feed_all(parser: OutputParser, tokens: Sequence[int]) -> None:
-    """Feed tokens the prompt already holds (a prefilled channel header) to ``parser``."""
+def feed_all(parser: OutputParser, tokens: Sequence[int]) -> list[OutputDelta]:
+    """Feed tokens the prompt already holds (a prefilled channel header) to ``parser``; the
+    deltas they imply (a forced Harmony call opens there)."""
+    deltas: list[OutputDelta] = []
     for token_id in tokens:
-        parser.feed(GeneratedToken(token_id, ""))
+        deltas += parser.feed(GeneratedToken(token_id, ""))
+    return deltas

@@ -52,6 +52,9 @@ def messages_to_items(messages: list[Any]) -> list[Item]:
             if text:
                 items.append({"role": "assistant", "content": text})
             for j, call in enumerate(msg.get("tool_calls") or []):
+                if isinstance(call, dict) and isinstance(call.get("custom"), dict):
+                    items.append(_custom_call_item(call))
+                    continue
                 fn = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(fn, dict):
                     raise InvalidRequestError(
@@ -72,6 +75,38 @@ def messages_to_items(messages: list[Any]) -> list[Item]:
         else:
             raise InvalidRequestError(f"Unknown role '{role}'.", param=f"{where}.role")
     return items
+
+
+def _custom_call_item(call: dict[str, Any]) -> Item:
+    custom = call["custom"]
+    return {
+        "type": "custom_tool_call",
+        "call_id": call.get("id") or new_id("call"),
+        "name": custom.get("name"),
+        "input": custom.get("input") if isinstance(custom.get("input"), str) else "",
+    }
+
+
+def _tools(tools: list[Any] | None) -> list[Any] | None:
+    """Chat's nested custom tools (``{"type": "custom", "custom": {…}}``, the grammar under
+    ``format.grammar``) in the Responses shape; everything else as sent."""
+    if not tools:
+        return tools
+    out: list[Any] = []
+    for tool in tools:
+        custom = tool.get("custom") if isinstance(tool, dict) else None
+        if _tool_type(tool) != "custom" or not isinstance(custom, dict):
+            out.append(tool)
+            continue
+        fmt = custom.get("format")
+        if isinstance(fmt, dict) and isinstance(fmt.get("grammar"), dict):
+            fmt = {"type": "grammar", **fmt["grammar"]}
+        out.append({**custom, "type": "custom", "format": fmt})
+    return out
+
+
+def _tool_type(tool: Any) -> Any:
+    return tool.get("type", "function") if isinstance(tool, dict) else None
 
 
 def _text_config(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -101,6 +136,8 @@ def _text_config(response_format: dict[str, Any] | None) -> dict[str, Any] | Non
 def _tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         return {"type": "function", "name": choice["function"].get("name")}
+    if isinstance(choice, dict) and isinstance(choice.get("custom"), dict):
+        return {"type": "custom", "name": choice["custom"].get("name")}
     return choice
 
 
@@ -110,7 +147,7 @@ def to_responses_request(req: ChatCompletionRequest) -> ResponsesRequest:
         {
             "model": req.model,
             "input": messages_to_items(req.messages),
-            "tools": req.tools,
+            "tools": _tools(req.tools),
             "tool_choice": _tool_choice(req.tool_choice),
             "max_output_tokens": req.max_completion_tokens or req.max_tokens,
             "temperature": req.temperature,
@@ -165,6 +202,17 @@ class ChunkMapper:
             index = self.calls[event["item_id"]]
             call = {"index": index, "function": {"arguments": event["delta"]}}
             return [self._chunk({"tool_calls": [call]})]
+        if kind == "response.output_item.done" and event["item"]["type"] == "custom_tool_call":
+            # Chat chunks have no custom-call delta: the whole call once its input is done.
+            item = event["item"]
+            index = self.calls.setdefault(item["id"], len(self.calls))
+            call = {
+                "index": index,
+                "id": item["call_id"],
+                "type": "custom",
+                "custom": {"name": item["name"], "input": item["input"]},
+            }
+            return [self._chunk({"tool_calls": [call]})]
         if kind in ("response.completed", "response.incomplete"):
             return [self._chunk({}, finish_reason(event["response"]))]
         return []
@@ -173,7 +221,7 @@ class ChunkMapper:
 def finish_reason(response: dict[str, Any]) -> str:
     if response["status"] == "incomplete":
         return "length"
-    if any(item["type"] == "function_call" for item in response["output"]):
+    if any(item["type"] in ("function_call", "custom_tool_call") for item in response["output"]):
         return "tool_calls"
     return "stop"
 
@@ -198,15 +246,7 @@ def completion(response: dict[str, Any], model: str) -> dict[str, Any]:
         if item["type"] == "message"
         for part in item.get("content", [])
     )
-    calls = [
-        {
-            "id": item["call_id"],
-            "type": "function",
-            "function": {"name": item["name"], "arguments": item["arguments"]},
-        }
-        for item in response["output"]
-        if item["type"] == "function_call"
-    ]
+    calls = [_message_call(item) for item in response["output"] if item["type"] in CALLS]
     reasoning = "".join(
         part.get("text", "")
         for item in response["output"]
@@ -236,6 +276,23 @@ def completion(response: dict[str, Any], model: str) -> dict[str, Any]:
             }
         ],
         "usage": usage(response),
+    }
+
+
+CALLS = ("function_call", "custom_tool_call")
+
+
+def _message_call(item: dict[str, Any]) -> dict[str, Any]:
+    if item["type"] == "custom_tool_call":
+        return {
+            "id": item["call_id"],
+            "type": "custom",
+            "custom": {"name": item["name"], "input": item["input"]},
+        }
+    return {
+        "id": item["call_id"],
+        "type": "function",
+        "function": {"name": item["name"], "arguments": item["arguments"]},
     }
 
 

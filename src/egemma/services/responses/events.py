@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from egemma.engines.base import GenerationStats
@@ -19,19 +20,33 @@ from egemma.protocol.responses import ResponsesRequest
 from egemma.services.prompting.types import OutputDelta, ToolSpec
 
 Event = dict[str, Any]
+CALL_TYPES = frozenset({"function_call", "custom_tool_call"})
 
 
 class ResponseBuilder:
     """Accumulates one response; every method returns the events it implies, in order."""
 
-    def __init__(self, response: dict[str, Any], *, summary: bool, tool_names: set[str]) -> None:
+    def __init__(
+        self,
+        response: dict[str, Any],
+        *,
+        summary: bool,
+        tool_names: set[str],
+        tools: Sequence[ToolSpec] = (),
+        seal: Callable[[str], str] | None = None,
+    ) -> None:
         self.response = response
+        self.seal = seal  # include: ["reasoning.encrypted_content"] (sealing.py)
         self.summary = summary
-        self.tool_names = tool_names
+        self.tool_names = tool_names | {t.name for t in tools}
+        # Model-facing name → spec: custom tools become ``custom_tool_call`` items, namespaced
+        # functions are reported by their own name plus ``namespace`` (what Codex routes on).
+        self.tools = {t.name: t for t in tools}
         self.output: list[dict[str, Any]] = response["output"]
         self._item: dict[str, Any] | None = None
         self._text = ""
         self.invalid_tool_calls: list[str] = []
+        self._model_names: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -50,7 +65,7 @@ class ResponseBuilder:
         events: list[Event] = []
         kind = {"text": "message", "reasoning": "reasoning"}.get(delta.kind, "function_call")
         if delta.kind == "tool_arguments":
-            if self._item is None or self._item["type"] != "function_call":
+            if self._item is None or self._item["type"] not in CALL_TYPES:
                 return events  # arguments with no open call: nothing to attach them to
         elif delta.kind == "tool_call" or self._item is None or self._item["type"] != kind:
             events += self._close("completed")
@@ -88,6 +103,10 @@ class ResponseBuilder:
         events.append({"type": terminal, "response": self.snapshot()})
         return events
 
+    def close_item(self, status: str) -> list[Event]:
+        """Close the item still open (if any) with ``status``; its ``done`` events."""
+        return self._close(status)
+
     # -- items --------------------------------------------------------------------------------
 
     def _open(self, kind: str, delta: OutputDelta) -> list[Event]:
@@ -110,14 +129,7 @@ class ResponseBuilder:
                 "content": [],
             }
         else:
-            item = {
-                "id": new_id("fc"),
-                "type": "function_call",
-                "status": "in_progress",
-                "call_id": new_id("call"),
-                "name": delta.name or "",
-                "arguments": "",
-            }
+            item = self._call_item(delta.name or "")
         self.output.append(item)
         self._item = item
         events: list[Event] = [
@@ -132,6 +144,35 @@ class ResponseBuilder:
             if self.summary:
                 events.append(self._summary_event("response.reasoning_summary_part.added", ""))
         return events
+
+    def _call_item(self, name: str) -> dict[str, Any]:
+        spec = self.tools.get(name)
+        if spec is not None and spec.kind == "custom":
+            item: dict[str, Any] = {
+                "id": new_id("ctc"),
+                "type": "custom_tool_call",
+                "status": "in_progress",
+                "call_id": new_id("call"),
+                "name": spec.wire_name,
+                "input": "",
+            }
+        else:
+            item = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": new_id("call"),
+                "name": spec.wire_name if spec is not None else name,
+                "arguments": "",
+            }
+        if spec is not None and spec.namespace:
+            item["namespace"] = spec.namespace
+        self._model_names[item["id"]] = name
+        return item
+
+    def model_name(self, item: dict[str, Any]) -> str:
+        """The name the model called ``item`` by (``namespace.name`` for namespaced tools)."""
+        return self._model_names.get(item["id"], str(item.get("name", "")))
 
     def _delta(self, text: str) -> list[Event]:
         item = self._item
@@ -161,6 +202,8 @@ class ResponseBuilder:
                     }
                 )
             return events
+        if item["type"] == "custom_tool_call":
+            return [{"type": "response.custom_tool_call_input.delta", **base, "delta": text}]
         return [{"type": "response.function_call_arguments.delta", **base, "delta": text}]
 
     def _close(self, status: str) -> list[Event]:
@@ -187,6 +230,8 @@ class ResponseBuilder:
         elif item["type"] == "reasoning":
             part = {"type": "reasoning_text", "text": text}
             item["content"] = [part]
+            if self.seal is not None:
+                item["encrypted_content"] = self.seal(text)
             events += [
                 {"type": "response.reasoning_text.done", **base, "content_index": 0, "text": text},
                 self._part_event("response.content_part.done", part, item),
@@ -202,6 +247,9 @@ class ResponseBuilder:
                     },
                     self._summary_event("response.reasoning_summary_part.done", text, item),
                 ]
+        elif item["type"] == "custom_tool_call":
+            item["input"] = text
+            events.append({"type": "response.custom_tool_call_input.done", **base, "input": text})
         else:
             item["arguments"] = text
             if status == "completed" and not self._valid_call(item):
@@ -221,7 +269,7 @@ class ResponseBuilder:
         return events
 
     def _valid_call(self, item: dict[str, Any]) -> bool:
-        if item["name"] not in self.tool_names:
+        if self.model_name(item) not in self.tool_names:
             return False
         try:
             return isinstance(json.loads(item["arguments"] or "{}"), dict)

@@ -10,7 +10,7 @@ resolve (``resolve_references``).
 
 Malformed items raise ``InvalidRequestError`` whose ``param`` names the field, e.g.
 ``input[2].content``. Hosted-tool items (web search, computer use, MCP, shell, …) are refused by
-type: only function tools are served.
+type: only function and custom tools are served.
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ HOSTED_TYPES = frozenset(
         "mcp_approval_request",
         "mcp_approval_response",
         "mcp_call",
-        "custom_tool_call",
-        "custom_tool_call_output",
         "tool_search_call",
         "tool_search_output",
         "additional_tools",
@@ -106,7 +104,7 @@ def normalize_item(raw: Any, *, param: str) -> Item:
         return handler(raw, param)
     if kind in HOSTED_TYPES or kind.startswith("mcp_"):
         raise InvalidRequestError(
-            f"Item type '{kind}' is not supported: only function tools are served.",
+            f"Item type '{kind}' is not supported: only function and custom tools are served.",
             param=f"{param}.type",
             code="unsupported_item_type",
         )
@@ -188,7 +186,7 @@ def _function_call(raw: Item, param: str) -> Item:
             f"{param}.arguments must be a JSON string.", param=f"{param}.arguments"
         )
     _check_nesting(arguments, f"{param}.arguments")
-    return {
+    item: Item = {
         "id": _opt_id(raw, param) or new_id("fc"),
         "type": "function_call",
         "call_id": _required_str(raw, "call_id", param),
@@ -196,6 +194,39 @@ def _function_call(raw: Item, param: str) -> Item:
         "arguments": arguments,
         "status": _status(raw, param),
     }
+    return _with_namespace(item, raw, param)
+
+
+def _with_namespace(item: Item, raw: Item, param: str) -> Item:
+    """Keep the ``namespace`` of a call to a namespaced tool (Codex routes on it)."""
+    namespace = raw.get("namespace")
+    if namespace is not None:
+        if not isinstance(namespace, str):
+            raise InvalidRequestError(
+                f"{param}.namespace must be a string.", param=f"{param}.namespace"
+            )
+        item["namespace"] = namespace
+    return item
+
+
+def _custom_tool_call(raw: Item, param: str) -> Item:
+    item: Item = {
+        "id": _opt_id(raw, param) or new_id("ctc"),
+        "type": "custom_tool_call",
+        "call_id": _required_str(raw, "call_id", param),
+        "name": _required_str(raw, "name", param),
+        "input": _required_str(raw, "input", param),
+        "status": _status(raw, param),
+    }
+    return _with_namespace(item, raw, param)
+
+
+def _custom_tool_call_output(raw: Item, param: str) -> Item:
+    item = _function_call_output(raw, param)
+    item["type"] = "custom_tool_call_output"
+    if not raw.get("id"):
+        item["id"] = new_id("ctco")
+    return item
 
 
 def _function_call_output(raw: Item, param: str) -> Item:
@@ -240,6 +271,8 @@ _HANDLERS: dict[str, Callable[[Item, str], Item]] = {
     "message": _message_item,
     "function_call": _function_call,
     "function_call_output": _function_call_output,
+    "custom_tool_call": _custom_tool_call,
+    "custom_tool_call_output": _custom_tool_call_output,
     "reasoning": _reasoning,
     "item_reference": _item_reference,
 }

@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import anyio
 import jsonschema
@@ -34,12 +35,20 @@ from egemma.services.prompting.formats import PromptFormats
 from egemma.services.prompting.plan import PromptPlan
 from egemma.services.prompting.types import ToolMode, ToolSpec, Turn, feed_all
 from egemma.services.responses.context import Context, load_context, resolve_engine
-from egemma.services.responses.events import ResponseBuilder, new_response, usage_of
+from egemma.services.responses.events import (
+    CALL_TYPES,
+    ResponseBuilder,
+    new_response,
+    usage_of,
+)
+from egemma.services.responses.sealing import INCLUDE as SEAL_INCLUDE
+from egemma.services.responses.sealing import ReasoningSeal
 from egemma.services.responses.tools import (
+    ToolSet,
+    accept_tools,
     check_grammar,
     check_text_format,
     parse_tool_choice,
-    parse_tools,
 )
 from egemma.services.responses.truncation import truncate
 from egemma.services.responses.turns import items_to_turns
@@ -47,6 +56,7 @@ from egemma.settings import Settings
 from egemma.store.base import Owner, Store
 
 log = logging.getLogger(__name__)
+_KINDS = {"function_call": "function", "custom_tool_call": "custom"}
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Prepared:
     context: Context
     store: bool
     records: Store  # the store as the caller's key sees it (owner-scoped)
+    ignored_tools: tuple[str, ...] = ()
 
 
 @dataclass
@@ -70,6 +81,7 @@ class _Draft:
     effort: str
     plan_for: Callable[[list[Turn]], PromptPlan]
     turns: list[Turn]
+    toolset: ToolSet
 
 
 class ResponsesService:
@@ -86,6 +98,7 @@ class ResponsesService:
         self.store = store
         self.prompts = prompts
         self.runner = runner
+        self.seal = ReasoningSeal.from_data_dir(settings.server.data_dir)
 
     # -- preparation --------------------------------------------------------------------------
 
@@ -93,9 +106,16 @@ class ResponsesService:
         """Everything a request implies before budgets: engine, tools, context, turns."""
         chat = self.settings.chat
         engine = resolve_engine(self.engines, chat, req.model)
-        tools = await anyio.to_thread.run_sync(parse_tools, req.tools)
+        toolset = await anyio.to_thread.run_sync(accept_tools, req.tools)
+        tools = toolset.specs
+        if toolset.ignored:
+            log.warning(
+                "tools not offered to the model (this server cannot run them): %s",
+                ", ".join(toolset.ignored),
+            )
         tool_mode = parse_tool_choice(req.tool_choice, tools)
         context = await load_context(records, req)
+        self.seal.open_items(context.new_items)
         effort = (req.reasoning.effort if req.reasoning else None) or chat.reasoning_effort
         text = req.text.model_dump(exclude_none=True) if req.text else None
         check_text_format(text)
@@ -108,7 +128,7 @@ class ResponsesService:
             text=text,
         )
         turns = await anyio.to_thread.run_sync(items_to_turns, context.items)
-        return _Draft(engine, tools, tool_mode, context, effort, plan, turns)
+        return _Draft(engine, tools, tool_mode, context, effort, plan, turns, toolset)
 
     async def prepare(self, req: ResponsesRequest, owner: Owner) -> Prepared:
         """``owner`` (the caller's key) scopes every stored row the request reads or writes."""
@@ -134,6 +154,7 @@ class ResponsesService:
             top_k=chat.top_k,
             stop_token_ids=plan.stop_token_ids,
             json_schema=plan.grammar_key(),
+            gbnf=plan.gbnf,
         )
         store = req.store is not False
         conversation_id = d.context.conversation_id
@@ -149,8 +170,18 @@ class ResponsesService:
             top_p,
         )
         summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
-        builder = ResponseBuilder(response, summary=summary, tool_names={t.name for t in d.tools})
-        return Prepared(engine, plan, params, builder, d.tool_mode, d.context, store, records)
+        response["tools"] = d.toolset.echo
+        builder = ResponseBuilder(
+            response,
+            summary=summary,
+            tool_names={t.name for t in d.tools},
+            tools=d.tools,
+            seal=self.seal.seal if SEAL_INCLUDE in (req.include or []) else None,
+        )
+        ignored = tuple(d.toolset.ignored)
+        return Prepared(
+            engine, plan, params, builder, d.tool_mode, d.context, store, records, ignored
+        )
 
     async def count_input_tokens(self, req: ResponsesRequest, owner: Owner) -> int:
         d = await self._draft(req, self.store.scoped(owner))
@@ -197,7 +228,10 @@ class ResponsesService:
         self, p: Prepared, stream: TokenStream, reasoning: list[int]
     ) -> AsyncIterator[Event]:
         parser = p.plan.make_parser()
-        feed_all(parser, p.plan.prefill)
+        # A prefilled Harmony header opens the forced call: its delta must reach the builder.
+        for delta in feed_all(parser, p.plan.prefill):
+            for event in p.builder.feed(delta):
+                yield event
         async for token in stream:
             deltas = parser.feed(token)
             if any(d.kind == "reasoning" for d in deltas):
@@ -213,15 +247,20 @@ class ResponsesService:
     async def _finish(self, p: Prepared, stats: GenerationStats, reasoning: int) -> list[Event]:
         builder = p.builder
         usage = usage_of(stats, reasoning)
+        # Close the last item first, so a call that ends the output is checked like the others.
+        closed = builder.close_item(
+            "incomplete" if stats.finish_reason == "length" else "completed"
+        )
         problem = self._check_calls(p)
         if problem:
-            return builder.finish(
+            return closed + builder.finish(
                 "failed", usage, error={"code": "invalid_tool_call", "message": problem}
             )
         if stats.finish_reason == "length":
             events = builder.finish("incomplete", usage, incomplete_reason="max_output_tokens")
         else:
             events = builder.finish("completed", usage)
+        events = closed + events
         try:
             await self._persist(p)
         except Exception as exc:  # the answer exists but could not be kept: say so, don't 500
@@ -235,20 +274,15 @@ class ResponsesService:
         return events
 
     def _check_calls(self, p: Prepared) -> str | None:
-        """Every call names an offered tool and its arguments validate against its parameters."""
+        """Every call names an offered tool and its arguments validate against its parameters
+        (a custom tool's input against its grammar)."""
         offered = {t.name: t for t in p.tool_mode.offered}
         for item in p.builder.output:
-            if item["type"] != "function_call" or item["status"] != "completed":
+            if item["type"] not in CALL_TYPES or item["status"] != "completed":
                 continue
-            tool = offered.get(item["name"])
-            if tool is None:
-                return f"The model called '{item['name']}', which is not an offered tool."
-            try:
-                args = json.loads(item["arguments"] or "{}")
-                jsonschema.validate(args, tool.parameters or {"type": "object"})
-            except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
-                reason = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
-                return f"The model's call to '{tool.name}' has invalid arguments: {reason}"
+            problem = _call_problem(item, offered.get(p.builder.model_name(item)))
+            if problem:
+                return problem
         return None
 
     async def _persist(self, p: Prepared) -> None:
@@ -262,3 +296,19 @@ class ResponsesService:
             fresh = [i for i in context.new_items if i.get("id") not in known]
             outputs = [dict(item) for item in response["output"]]
             await p.records.conversations.add_items(context.conversation_id, [*fresh, *outputs])
+
+
+def _call_problem(item: dict[str, Any], tool: ToolSpec | None) -> str | None:
+    if tool is None or tool.kind != _KINDS[item["type"]]:
+        return f"The model called '{item['name']}', which is not an offered tool."
+    if tool.kind == "custom":
+        if tool.check is not None and not tool.check(item["input"]):
+            return f"The model's input to '{tool.wire_name}' does not match its grammar."
+        return None
+    try:
+        args = json.loads(item["arguments"] or "{}")
+        jsonschema.validate(args, tool.parameters or {"type": "object"})
+    except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
+        reason = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
+        return f"The model's call to '{tool.wire_name}' has invalid arguments: {reason}"
+    return None

@@ -45,17 +45,10 @@ def items_to_turns(items: list[Item], *, param: str = "input") -> list[Turn]:
             role = item["role"]
             text = _text_of(item.get("content"), param=f"{where}.content")
             turns.append(Turn(kind=role, text=text))
-        elif kind == "function_call":
-            call_names[item["call_id"]] = item["name"]
-            turns.append(
-                Turn(
-                    kind="tool_call",
-                    name=item["name"],
-                    call_id=item["call_id"],
-                    arguments=item.get("arguments") or "{}",
-                )
-            )
-        elif kind == "function_call_output":
+        elif kind in ("function_call", "custom_tool_call"):
+            turns.append(_call_turn(item))
+            call_names[item["call_id"]] = turns[-1].name or item["name"]
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = item["call_id"]
             if call_id not in call_names:
                 raise InvalidRequestError(
@@ -76,3 +69,18 @@ def items_to_turns(items: list[Item], *, param: str = "input") -> list[Turn]:
         else:
             raise InvalidRequestError(f"Item type '{kind}' cannot be used as input.", param=where)
     return turns
+
+
+def _call_turn(item: Item) -> Turn:
+    # The model knew a namespaced tool as ``namespace.name`` (services/responses/tools.py).
+    name = f"{item['namespace']}.{item['name']}" if item.get("namespace") else item["name"]
+    if item["type"] == "custom_tool_call":
+        return Turn(
+            kind="tool_call", name=name, call_id=item["call_id"], text=item["input"], custom=True
+        )
+    return Turn(
+        kind="tool_call",
+        name=name,
+        call_id=item["call_id"],
+        arguments=item.get("arguments") or "{}",
+    )
