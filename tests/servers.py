@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from egemma import hypercorn_errors
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -32,6 +34,7 @@ class LiveServer:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
+        hypercorn_errors.install()  # as egemma serve does
         config = Config()
         config.bind = [f"127.0.0.1:{self.port}"]
         config.graceful_timeout = self._graceful

@@ -54,9 +54,11 @@ def serve_app(app: Any, settings: Settings) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
+    from egemma import hypercorn_errors
     from egemma.lifecycle import STOP_WAIT_SECONDS
     from egemma.state import AppState
 
+    hypercorn_errors.install()
     grace = settings.server.graceful_timeout
     config = Config()
     config.bind = [f"{settings.server.host}:{settings.server.port}"]

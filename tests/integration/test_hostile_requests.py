@@ -190,3 +190,25 @@ async def test_multipart_without_its_closing_boundary_is_400(client: httpx.Async
     whole = body + f"\r\n--{boundary}--\r\n".encode()
     ok = await client.post("/parse-ast", content=whole, headers=headers)
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "invalid_http"),
+    ],
+    ids=["huge-headers", "garbage"],
+)
+def test_hypercorns_own_errors_are_in_openai_shape(
+    live_server: LiveServer, request_bytes: bytes, status: int, code: str
+) -> None:
+    reply = _send_raw(live_server, request_bytes)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+    assert json.loads(body)["error"]["code"] == code
+    assert httpx.get(f"{live_server.base_url}/health", timeout=5).status_code == 200

@@ -2,7 +2,7 @@
 
 A streamed response notices a departed client when a write fails; a non-streamed one (a
 summary, a batch of embeddings) would compute for nobody. These watchers poll the request's
-``is_disconnected`` every half second while the work runs.
+``is_disconnected`` four times a second while the work runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import anyio
 from egemma.engines.base import Disconnected
 from egemma.errors import ClientLeftError
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25  # as Run.final polls (services/generation.py)
 T = TypeVar("T")
 
 
