@@ -43,7 +43,7 @@ from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
 from egemma.state import AppState
 from egemma.store.base import Store, StoreUnavailableError
-from egemma.store.sqlite import store_from_settings
+from egemma.store.factory import store_from_settings
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,12 @@ class ServerSettings(BaseSettings):
         validation_alias=AliasChoices("WORKBENCH_API_KEY"),
         description="Bearer key. Unset: generated on first start and kept in DATA_DIR/api_key.",
     )
+    api_key_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("WORKBENCH_API_KEY_FILE"),
+        description="File holding the key, shared by replicas (created once, atomically, when "
+        "missing); default DATA_DIR/api_key.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -78,7 +84,7 @@ class ServerSettings(BaseSettings):
         "vocabulary); default DATA_DIR/models. Images keep it outside the /data volume.",
     )
 
-    @field_validator("data_dir", "models_dir")
+    @field_validator("data_dir", "models_dir", "api_key_file")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
@@ -239,15 +245,29 @@ class EmbeddingSettings(BaseSettings):
 
 
 class StoreSettings(BaseSettings):
-    """Stored responses and conversations (SQLite in DATA_DIR unless STORE_PATH is set)."""
+    """Stored responses and conversations: SQLite in DATA_DIR (STORE_PATH), or one PostgreSQL
+    database shared by every replica (STORE_URL)."""
 
     model_config = _config("STORE_")
+
+    url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:pass@host:5432/db: a PostgreSQL store shared by replicas "
+        "(unset: the embedded SQLite store).",
+    )
+    pool_size: int = Field(
+        10, ge=1, le=1000, description="Most PostgreSQL connections one replica holds."
+    )
 
     path: Path | None = Field(
         None, description="SQLite file of the store (default: DATA_DIR/egemma.db)."
     )
     busy_timeout: float = Field(
-        5.0, gt=0.0, le=600.0, description="Seconds a locked store is retried before 503."
+        5.0,
+        gt=0.0,
+        le=600.0,
+        description="Seconds a locked (SQLite) or unreachable (PostgreSQL) store is retried "
+        "before 503.",
     )
     synchronous: Literal["NORMAL", "FULL"] = Field(
         "FULL", description="SQLite synchronous mode: FULL also survives power loss."
@@ -262,6 +282,44 @@ class StoreSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("use a postgresql://user:password@host:port/database URL")
+        return value
+
+
+class CacheSettings(BaseSettings):
+    """The second level of the summary and embedding caches: a Redis shared by replicas
+    (CACHE_URL) instead of each replica's disk cache; the in-process LRU stays in front."""
+
+    model_config = _config("CACHE_")
+
+    url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:6379/0 (unset: per-replica disk caches)."
+    )
+    timeout: float = Field(
+        0.25, gt=0.0, le=30.0, description="Seconds one Redis call may take before it is skipped."
+    )
+    retry_seconds: float = Field(
+        5.0, ge=0.0, le=3600.0, description="Seconds Redis is left alone after a failure."
+    )
+    ttl_seconds: int = Field(
+        7 * 86_400, ge=0, le=10 * 365 * 86_400, description="Entry lifetime in Redis (0: none)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use a redis://host:port/db (or rediss://, unix://) URL")
+        return value
 
 
 class LimitSettings(BaseSettings):
@@ -342,6 +400,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "store": StoreSettings,
     "limits": LimitSettings,
     "ast": AstSettings,
+    "cache": CacheSettings,
 }
 
 
@@ -367,6 +426,7 @@ class Settings:
     store: StoreSettings
     limits: LimitSettings
     ast: AstSettings
+    cache: CacheSettings
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """Every group as JSON-ready data with secrets replaced by ``***``."""

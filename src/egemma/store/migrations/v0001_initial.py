@@ -43,3 +43,43 @@ CREATE TABLE conversation_items (
 
 CREATE INDEX conversation_items_by_item ON conversation_items (item_id);
 """
+
+# The same schema on PostgreSQL (``store/postgres.py``): identity columns for the insertion order,
+# bodies kept as the exact JSON text written (key order and all).
+POSTGRES = """
+CREATE TABLE responses (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+
+CREATE TABLE response_items (
+    response_seq BIGINT NOT NULL REFERENCES responses(seq) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('input', 'output')),
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (response_seq, kind, position)
+);
+
+CREATE INDEX response_items_by_item ON response_items (item_id);
+
+CREATE TABLE conversations (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    metadata TEXT NOT NULL
+);
+
+CREATE TABLE conversation_items (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    conversation_seq BIGINT NOT NULL REFERENCES conversations(seq) ON DELETE CASCADE,
+    item_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (conversation_seq, item_id)
+);
+
+CREATE INDEX conversation_items_by_item ON conversation_items (item_id)
+"""

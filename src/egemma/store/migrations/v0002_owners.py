@@ -14,3 +14,13 @@ CREATE INDEX responses_by_owner ON responses (owner, seq);
 
 CREATE INDEX conversations_by_owner ON conversations (owner, seq)
 """
+
+POSTGRES = """
+ALTER TABLE responses ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin';
+
+ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin';
+
+CREATE INDEX responses_by_owner ON responses (owner, seq);
+
+CREATE INDEX conversations_by_owner ON conversations (owner, seq)
+"""
