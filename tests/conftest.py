@@ -99,3 +99,60 @@ def live_server(settings: Settings, engines: Engines) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+# -- real PostgreSQL and Redis (tests/backing.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (skips only when not installed)."""
+    from tests.backing import postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
+    cluster = start_postgres()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(pg_cluster: Any) -> str:
+    """A fresh, empty database on the session cluster."""
+    url: str = pg_cluster.new_database()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    from tests.backing import RedisServer, redis_binary
+
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("redis-server not installed: apt-get install redis-server")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session Redis, emptied for this test."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    url: str = redis_server.url
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings that select each store in turn: the same tests run on SQLite and PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    return {"STORE_URL": request.getfixturevalue("postgres_url")}

@@ -25,6 +25,12 @@ from tests.servers import LiveServer
 
 
 @pytest.fixture
+def settings(store_backend: dict[str, str]) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return make_settings(WORKBENCH_API_KEY=TEST_KEY, **store_backend)
+
+
+@pytest.fixture
 def client(live_server: LiveServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
         base_url=f"{live_server.base_url}/v1", api_key=TEST_KEY, max_retries=0
@@ -222,8 +228,10 @@ def test_state_survives_a_server_restart(settings: Settings) -> None:
 
 
 @pytest.mark.anyio
-async def test_locked_store_is_503_with_retry_after(settings: Settings) -> None:
+async def test_locked_store_is_503_with_retry_after() -> None:
     import sqlite3
+
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY)  # SQLite's own lock
 
     path = settings.server.data_dir / "locked.db"
     store = SqliteStore(path, busy_timeout=0.2)

@@ -1,4 +1,5 @@
-"""A server killed with SIGKILL during concurrent writes loses no acknowledged item."""
+"""A server killed with SIGKILL during concurrent writes loses no acknowledged item (SQLite and
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -42,10 +43,31 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("server did not start")
 
 
-def test_sigkill_during_writes_loses_no_acknowledged_item(clean_env: Path) -> None:
+def _stored_item_ids(data: Path, backend: dict[str, str]) -> set[str]:
+    url = backend.get("STORE_URL")
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as pg:
+            return {r[0] for r in pg.execute("SELECT item_id FROM conversation_items")}
+    conn = sqlite3.connect(data / "egemma.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = {row[0] for row in conn.execute("SELECT item_id FROM conversation_items")}
+    conn.close()
+    return stored
+
+
+def test_sigkill_during_writes_loses_no_acknowledged_item(
+    clean_env: Path, store_backend: dict[str, str]
+) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "WORKBENCH_API_KEY": TEST_KEY, "CONVERSATION_RATE_LIMIT_CALLS": "100000"}
+    env = {
+        **os.environ,
+        "WORKBENCH_API_KEY": TEST_KEY,
+        "CONVERSATION_RATE_LIMIT_CALLS": "100000",
+        **store_backend,
+    }
     proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], env=env)
     acknowledged: list[str] = []
     lock = threading.Lock()
@@ -86,8 +108,4 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(clean_env: Path) -> No
             proc.wait()
 
     assert len(acknowledged) >= 150
-    conn = sqlite3.connect(clean_env / "egemma.db")
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    stored = {row[0] for row in conn.execute("SELECT item_id FROM conversation_items")}
-    conn.close()
-    assert set(acknowledged) <= stored
+    assert set(acknowledged) <= _stored_item_ids(clean_env, store_backend)

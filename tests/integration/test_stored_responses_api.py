@@ -13,8 +13,8 @@ from openai.types.responses import Response, ResponseOutputMessage
 
 from egemma.services.responses.items import normalize_input
 from egemma.settings import Settings
-from egemma.store.sqlite import store_from_settings
-from tests.conftest import AUTH, TEST_KEY
+from egemma.store.factory import store_from_settings
+from tests.conftest import AUTH, TEST_KEY, make_settings
 from tests.servers import LiveServer
 
 
@@ -69,6 +69,12 @@ def stored(settings: Settings) -> list[dict[str, Any]]:
 
     asyncio.run(write())
     return inputs
+
+
+@pytest.fixture
+def settings(store_backend: dict[str, str]) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return make_settings(WORKBENCH_API_KEY=TEST_KEY, **store_backend)
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""The SQLite store: migrations, pagination, concurrency, locks, kill -9 and restarts."""
+"""The stores: migrations, pagination, concurrency, locks, kill -9 and restarts.
+
+The behaviour every store promises (round trips, pagination, ordering, duplicates, concurrent
+writers) runs on SQLite and on a real PostgreSQL (``store_backend``); the file, lock and WAL
+tests are SQLite's own."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +41,19 @@ def _response(rid: str, output: list[dict[str, Any]] | None = None) -> dict[str,
     }
 
 
+def _opener(tmp_path: Path, backend: dict[str, str], busy: float) -> Callable[[], Store]:
+    """A function that builds another store on the same database (as another process would)."""
+    url = backend.get("STORE_URL")
+    if url:
+        from egemma.store.postgres import PostgresStore
+
+        return lambda: PostgresStore(url, busy_timeout=busy)
+    return lambda: SqliteStore(tmp_path / "egemma.db", busy_timeout=busy)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "egemma.db", busy_timeout=2.0)
+async def store(tmp_path: Path, store_backend: dict[str, str]) -> AsyncIterator[Store]:
+    s = _opener(tmp_path, store_backend, 2.0)()
     await s.open()
     yield s
     await s.close()
@@ -82,7 +96,7 @@ async def test_corrupt_file_is_503_not_a_crash(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_responses_round_trip_and_delete(store: SqliteStore) -> None:
+async def test_responses_round_trip_and_delete(store: Store) -> None:
     inputs = _msgs("a", "b")
     out = normalize_input([{"role": "assistant", "content": "c", "id": "msg_out"}])
     await store.responses.save(_response("resp_1", out), inputs)
@@ -104,7 +118,7 @@ async def test_responses_round_trip_and_delete(store: SqliteStore) -> None:
     assert await store.responses.find_item("msg_out") is None
 
 
-async def test_input_items_pagination(store: SqliteStore) -> None:
+async def test_input_items_pagination(store: Store) -> None:
     items = _msgs(*[str(i) for i in range(5)])
     ids = [i["id"] for i in items]
     await store.responses.save(_response("resp_p"), items)
@@ -128,7 +142,7 @@ async def test_input_items_pagination(store: SqliteStore) -> None:
         await store.responses.list_input_items("resp_p", after="msg_nope")
 
 
-async def test_conversation_lifecycle(store: SqliteStore) -> None:
+async def test_conversation_lifecycle(store: Store) -> None:
     conv = await store.conversations.create({"topic": "x"}, _msgs("hello"))
     assert conv["object"] == "conversation"
     assert conv["id"].startswith("conv_")
@@ -166,7 +180,7 @@ async def test_conversation_lifecycle(store: SqliteStore) -> None:
     assert await store.responses.find_item(more[1]["id"]) is None
 
 
-async def test_duplicate_item_rolls_back_the_whole_append(store: SqliteStore) -> None:
+async def test_duplicate_item_rolls_back_the_whole_append(store: Store) -> None:
     conv = await store.conversations.create({}, [])
     first = _msgs("a")
     await store.conversations.add_items(conv["id"], first)
@@ -176,7 +190,7 @@ async def test_duplicate_item_rolls_back_the_whole_append(store: SqliteStore) ->
     assert items == first
 
 
-async def test_list_conversations_newest_first_with_cursor(store: SqliteStore) -> None:
+async def test_list_conversations_newest_first_with_cursor(store: Store) -> None:
     ids = [(await store.conversations.create({}, []))["id"] for _ in range(3)]
     page = await store.conversations.list_conversations(limit=2)
     assert [c["id"] for c in page.data] == [ids[2], ids[1]]
@@ -186,21 +200,28 @@ async def test_list_conversations_newest_first_with_cursor(store: SqliteStore) -
     assert not page.has_more
 
 
-def test_concurrent_writers_lose_no_item(tmp_path: Path) -> None:
-    path = tmp_path / "egemma.db"
-    shared = SqliteStore(path, busy_timeout=30.0)
-    conv = asyncio.run(shared.conversations.create({}, []))
+def test_concurrent_writers_lose_no_item(tmp_path: Path, store_backend: dict[str, str]) -> None:
+    opener = _opener(tmp_path, store_backend, 30.0)
+    shared = opener()
+
+    async def create() -> dict[str, Any]:
+        try:
+            return await shared.conversations.create({}, [])
+        finally:  # a PostgreSQL pool belongs to the event loop that opened it
+            await shared.close()
+
+    conv = asyncio.run(create())
+    shared = opener()
     errors: list[BaseException] = []
 
     def writer(n: int) -> None:
-        # Half the threads share one store, half use their own (like separate processes).
-        store = shared if n % 2 else SqliteStore(path, busy_timeout=30.0)
+        # Every thread its own store (like separate processes or replicas).
+        store = opener()
 
         async def run() -> None:
             for i in range(20):
                 await store.conversations.add_items(conv["id"], _msgs(f"{n}-{i}"))
-            if store is not shared:
-                await store.close()
+            await store.close()
 
         try:
             asyncio.run(run())
@@ -213,12 +234,18 @@ def test_concurrent_writers_lose_no_item(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    items = asyncio.run(shared.conversations.all_items(conv["id"]))
+
+    async def read_all() -> list[dict[str, Any]] | None:
+        try:
+            return await shared.conversations.all_items(conv["id"])
+        finally:
+            await shared.close()
+
+    items = asyncio.run(read_all())
     assert items is not None
     assert sorted(i["content"][0]["text"] for i in items) == sorted(
         f"{n}-{i}" for n in range(8) for i in range(20)
     )
-    shared.close_sync()
 
 
 async def test_locked_database_retries_then_503(tmp_path: Path) -> None:
