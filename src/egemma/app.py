@@ -110,9 +110,11 @@ def create_app(
     key, generated = provision_key(
         settings.server.api_key.get_secret_value() if settings.server.api_key else None,
         settings.server.data_dir,
+        settings.server.api_key_file,
+        shared_store=settings.store.url is not None,
     )
     if generated:
-        announce_generated_key(key, settings.server.data_dir / "api_key")
+        announce_generated_key(key, settings.server.api_key_file or settings.server.data_dir / "api_key")
     state = AppState(
         settings=settings,
         engines=engines if engines is not None else Engines(),

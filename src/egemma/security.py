@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.security import HTTPBearer
 
+from egemma.datadir import DataDirError
 from egemma.errors import AuthenticationError
 from egemma.keys import KeyRing, Principal, digest
 
@@ -33,26 +34,67 @@ bearer_scheme = HTTPBearer(
 __all__ = ["digest", "is_admin", "principal_of", "provision_key", "require_api_key"]
 
 
-def provision_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
+class KeyProvisionError(DataDirError):
+    """No key may be generated here (a shared store without a shared key); one line."""
+
+
+def provision_key(
+    configured: str | None,
+    data_dir: Path,
+    key_file: Path | None = None,
+    *,
+    shared_store: bool = False,
+) -> tuple[str, bool]:
     """Return the server key and whether it was generated now.
 
-    A configured key wins. Otherwise the key stored in ``DATA_DIR/api_key`` is used, or a new one is
-    generated, stored owner-only (0600) and announced once, as Jupyter does with its token.
+    The rule (README "Scaling out"): ``WORKBENCH_API_KEY`` wins. Otherwise the key file
+    (``WORKBENCH_API_KEY_FILE``, default ``DATA_DIR/api_key``) is read; when it is missing a new
+    key is generated and published there atomically (written aside, then hard-linked into place),
+    so replicas starting together on one shared file agree on the first writer's key. Replicas
+    of a shared store (``STORE_URL``) never generate a key of their own in their private
+    ``DATA_DIR``: without ``WORKBENCH_API_KEY``, ``WORKBENCH_API_KEY_FILE`` or an existing
+    ``DATA_DIR/api_key`` they refuse to start (``KeyProvisionError``).
     """
     if configured:
         return configured, False
-    path = data_dir / KEY_FILE
-    if path.is_file():
-        stored = path.read_text(encoding="utf-8").strip()
-        if stored:
-            return stored, False
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = key_file or data_dir / KEY_FILE
+    stored = _read_key(path)
+    if stored:
+        return stored, False
+    if shared_store and key_file is None:
+        raise KeyProvisionError(
+            "STORE_URL is shared by replicas: set WORKBENCH_API_KEY or WORKBENCH_API_KEY_FILE "
+            "(one key for every replica) instead of a key generated per replica"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = "egk-" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(key + "\n")
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(key + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(aside, path)  # atomic publish: fails if another replica was first
+        except FileExistsError:
+            winner = _read_key(path)
+            if not winner:
+                raise KeyProvisionError(f"{path} exists but holds no key; remove it") from None
+            return winner, False
+    finally:
+        aside.unlink(missing_ok=True)
     os.chmod(path, 0o600)
     return key, True
+
+
+def _read_key(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KeyProvisionError(f"cannot read the API key file {path}: {exc.strerror}") from None
 
 
 def announce_generated_key(key: str, path: Path) -> None:
