@@ -10,10 +10,12 @@ seconds.".
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from limits import RateLimitItemPerSecond
@@ -24,6 +26,8 @@ from limits.storage import storage_from_string
 from egemma.errors import RateLimitError
 from egemma.keys import BUCKETS, Limit, Principal
 from egemma.settings import LimitSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,21 +50,60 @@ class RateLimiter:
         self._items = {
             name: RateLimitItemPerSecond(b.calls, b.seconds) for name, b in self.buckets.items()
         }
-        storage = storage_from_string(settings.rate_limit_storage_uri)
+        uri = settings.rate_limit_storage_uri
+        options: dict[str, Any] = {}
+        if uri.startswith("async+redis"):
+            # redis-py (the one Redis client eGemma ships), with bounded waits.
+            options = {
+                "implementation": "redispy",
+                "socket_timeout": 0.5,
+                "socket_connect_timeout": 0.5,
+            }
+        storage = storage_from_string(uri, **options)
         if not isinstance(storage, Storage):
             raise ValueError("RATE_LIMIT_STORAGE_URI must name an async storage (async+…://)")
         self.storage: Storage = storage
+        self.shared = not uri.startswith("async+memory")
         self._limiter = MovingWindowRateLimiter(self.storage)
+        # Fail-open, but not limitless: while a shared storage is away, each replica counts in
+        # its own memory (logged once, counted in /metrics as storage_errors).
+        self._fallback = MovingWindowRateLimiter(storage_from_string("async+memory://"))
+        self.storage_errors = 0
+        self.storage_down: str | None = None
         self._own: dict[tuple[int, int], RateLimitItemPerSecond] = {}
 
     async def hit(self, bucket: str, principal: str, own: Limit | None = None) -> None:
         """Count one call of ``principal`` in ``bucket``; ``own`` replaces the bucket's limit."""
         item = self._items[bucket] if own is None else self._item(own)
-        if await self._limiter.hit(item, bucket, principal):
+        limiter = self._limiter
+        try:
+            allowed = await limiter.hit(item, bucket, principal)
+            if not allowed:
+                stats = await limiter.get_window_stats(item, bucket, principal)
+        except Exception as exc:  # redis errors, timeouts, OSError: never a 500
+            self._storage_failed(exc)
+            limiter = self._fallback
+            allowed = await limiter.hit(item, bucket, principal)
+            if not allowed:
+                stats = await limiter.get_window_stats(item, bucket, principal)
+        else:
+            if self.storage_down is not None:
+                log.warning("rate-limit storage usable again")
+                self.storage_down = None
+        if allowed:
             return
-        stats = await self._limiter.get_window_stats(item, bucket, principal)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimitError(retry_after)
+
+    def _storage_failed(self, exc: Exception) -> None:
+        self.storage_errors += 1
+        if self.storage_down is None:
+            log.warning(
+                "rate-limit storage failed (%s); counting in this replica's memory until it is "
+                "back",
+                type(exc).__name__,
+            )
+        self.storage_down = type(exc).__name__
 
     def _item(self, own: Limit) -> RateLimitItemPerSecond:
         key = (own.calls, own.seconds)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from egemma.cache import TwoLevelCache
+from egemma.cache import TwoLevelCache, shared_level
 from egemma.keys import KeyRing
 from egemma.lifecycle import Generations, drain, stop_now
 from egemma.metrics import Metrics
@@ -96,7 +96,10 @@ class AppState:
         embeddings = None
         if engines.embedding is not None:
             embeddings = EmbeddingService.create(
-                engines.embedding, settings.embedding, settings.server.data_dir
+                engines.embedding,
+                settings.embedding,
+                settings.server.data_dir,
+                shared_level("embeddings", settings),
             )
             self.closers.append(embeddings.aclose)
         self.services = Services(

@@ -159,7 +159,7 @@ def test_store_replaced_at_run_time_is_refused_before_the_model(
 ) -> None:
     run = running()
     health = run.http.get("/health").json()
-    assert health["store"] == {"status": "ok"}
+    assert health["store"] == {"status": "ok", "backend": "sqlite"}
     assert "egemma_store_up 1.0" in run.http.get("/metrics").text
     conv = run.http.post("/v1/conversations", json={}).json()
     first = run.http.post("/v1/responses", json={"input": "hi"})
@@ -180,7 +180,7 @@ def test_store_replaced_at_run_time_is_refused_before_the_model(
 
 def test_healthy_store_is_ready(running: Callable[[], Running]) -> None:
     run = running()
-    assert run.http.get("/ready").json() == {"ready": True}
+    assert run.http.get("/ready").json()["ready"] is True
     assert run.http.get("/health").json()["status"] == "ok"
 
 
@@ -194,8 +194,8 @@ def test_repaired_store_is_used_without_a_restart(
     assert run.http.get("/ready").status_code == 503
     _assert_store_refused(run.http.post("/v1/conversations", json={}))
     db.unlink()  # the operator moves the broken file aside (restoring a backup works the same)
-    assert run.http.get("/ready").json() == {"ready": True}
-    assert run.http.get("/health").json()["store"] == {"status": "ok"}
+    assert run.http.get("/ready").json()["ready"] is True
+    assert run.http.get("/health").json()["store"] == {"status": "ok", "backend": "sqlite"}
     assert run.http.post("/v1/conversations", json={}).status_code == 200
     assert run.http.post("/v1/responses", json={"input": "hi"}).json()["status"] == "completed"
 

@@ -7,6 +7,7 @@ import os
 import re
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
@@ -14,6 +15,7 @@ from egemma import __version__
 from egemma.api.deps import app_state
 from egemma.runtime import CAPABILITIES, Engines
 from egemma.security import is_admin
+from egemma.state import AppState
 from egemma.store.base import Store, StoreUnavailableError
 
 router = APIRouter(tags=["service"])
@@ -48,10 +50,50 @@ def _entry(engines: Engines, key: str, full: bool) -> dict[str, Any]:
 
 def _store_entry(store: Store) -> dict[str, Any]:
     health = store.health()
-    entry: dict[str, Any] = {"status": health.status}
+    entry: dict[str, Any] = {"status": health.status, "backend": getattr(store, "kind", "sqlite")}
     if health.reason:
         entry["reason"] = health.reason
     return entry
+
+
+def _redis_entry(state: AppState) -> dict[str, Any] | None:
+    """The shared Redis (caches, rate limits) when configured: last known state, no I/O.
+    Both uses are fail-open, so a Redis that is away degrades, never stops, the replica."""
+    levels = [c.shared for c in (state.services.caches() if state.services else []) if c.shared]
+    limiter = state.rate_limiter
+    if not levels and not limiter.shared:
+        return None
+    entry: dict[str, Any] = {}
+    if levels:
+        down = [level.last_error for level in levels if level.last_error]
+        entry["cache"] = {"status": "error", "reason": down[0]} if down else {"status": "ok"}
+    if limiter.shared:
+        entry["rate_limits"] = (
+            {"status": "error", "reason": limiter.storage_down}
+            if limiter.storage_down
+            else {"status": "ok"}
+        )
+    entry["status"] = "error" if any(v["status"] == "error" for v in entry.values()) else "ok"
+    return entry
+
+
+async def _probe_redis(state: AppState) -> dict[str, Any] | None:
+    """For /ready: ping each configured Redis use now, then report like /health."""
+    for cache in state.services.caches() if state.services else []:
+        if cache.shared is not None:
+            await anyio.to_thread.run_sync(cache.shared.ping)
+    limiter = state.rate_limiter
+    if limiter.shared:
+        try:
+            ok = await limiter.storage.check()
+        except Exception as exc:  # noqa: BLE001 (reported)
+            ok = False
+            limiter.storage_down = type(exc).__name__
+        if ok:
+            limiter.storage_down = None
+        elif limiter.storage_down is None:
+            limiter.storage_down = "unreachable"
+    return _redis_entry(state)
 
 
 @router.get("/health", summary="Per-capability status")
@@ -70,6 +112,10 @@ async def health(request: Request) -> dict[str, Any]:
         states.append(body[legacy]["status"])
     body["store"] = _store_entry(state.store)
     states.append(body["store"]["status"])
+    redis = _redis_entry(state)
+    if redis is not None:
+        body["redis"] = redis
+        states.append(redis["status"])
     if state.draining:
         overall = "draining"
     elif "error" in states:
@@ -98,10 +144,14 @@ async def ready(request: Request) -> JSONResponse:
     if store.status != "ok":
         waiting.append("store")
         reasons["store"] = store.reason
+    redis = await _probe_redis(state) if state.started else None
+    extra = {"store": _store_entry(state.store)}
+    if redis is not None:
+        extra["redis"] = redis  # reported; fail-open, so never a reason to be unready
     if waiting or not state.started:
-        body = {"ready": False, "not_ready": waiting, "reasons": reasons}
+        body = {"ready": False, "not_ready": waiting, "reasons": reasons, **extra}
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"ready": True})
+    return JSONResponse({"ready": True, **extra})
 
 
 # HEAD probes (load balancers, uptime checkers): the same status, no body, not in the schema.

@@ -54,7 +54,9 @@ _RETRY_STATES = ("08", "40", "55P03", "57014", "57P01", "57P02", "57P03")
 
 
 class PostgresStore:
-    """``Store`` on one PostgreSQL database; one pool per event loop that uses it."""
+    """``Store`` on one PostgreSQL database; its pool belongs to the event loop that opens it."""
+
+    kind = "postgresql"
 
     def __init__(self, url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> None:
         self.url = url
@@ -127,7 +129,11 @@ class PostgresStore:
         return await self._run(fn)
 
     async def _run(self, fn: Work[T]) -> T:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError as exc:  # the ``postgres`` extra is not installed
+            self._mark_broken("psycopg is not installed (pip install 'egemma[postgres]')")
+            raise StoreUnavailableError(BROKEN_MESSAGE, retry_after=30) from exc
 
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.05
@@ -253,6 +259,8 @@ class PostgresStore:
 
 class PostgresScope:
     """``store.scoped(owner)``: the same pool, seen as one owner."""
+
+    kind = "postgresql"
 
     def __init__(self, store: PostgresStore, owner: Owner) -> None:
         self._store = store

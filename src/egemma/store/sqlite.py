@@ -52,6 +52,8 @@ class StoreReplacedError(RuntimeError):
 class SqliteStore:
     """``Store`` on one SQLite file; safe to share across threads and event loops."""
 
+    kind = "sqlite"
+
     def __init__(
         self,
         path: Path,
@@ -324,6 +326,8 @@ class SqliteStore:
 
 class SqliteScope:
     """``store.scoped(owner)``: the same database and connections, seen as one owner."""
+
+    kind = "sqlite"
 
     def __init__(self, store: SqliteStore, owner: Owner) -> None:
         self._store = store

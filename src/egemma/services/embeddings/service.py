@@ -21,6 +21,7 @@ import anyio
 import numpy as np
 
 from egemma.cache import TwoLevelCache, cache_key
+from egemma.shared_cache import RedisLevel
 from egemma.engines.base import Disconnected, EmbeddingEngine
 from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS
@@ -95,15 +96,20 @@ class EmbeddingService:
 
     @classmethod
     def create(
-        cls, engine: EmbeddingEngine, settings: EmbeddingSettings, data_dir: Path
+        cls,
+        engine: EmbeddingEngine,
+        settings: EmbeddingSettings,
+        data_dir: Path,
+        shared: RedisLevel | None = None,
     ) -> EmbeddingService:
         cache = None
-        if settings.cache_max_size > 0 or settings.disk_cache_bytes > 0:
+        if settings.cache_max_size > 0 or settings.disk_cache_bytes > 0 or shared is not None:
             cache = TwoLevelCache(
                 "embeddings",
                 data_dir / "cache" / "embeddings",
                 settings.cache_max_size,
                 settings.disk_cache_bytes,
+                shared=shared,
             )
         return cls(engine, settings, cache)
 
@@ -220,7 +226,7 @@ class EmbeddingService:
         prefix = self.prefix(prompt_name, title)
         prompted = [prefix + t for t in texts]
         keys = [self._key(t) for t in prompted]
-        if len(keys) > INLINE_CACHE_LOOKUPS:
+        if len(keys) > INLINE_CACHE_LOOKUPS or (self.cache is not None and self.cache.remote):
             found = await anyio.to_thread.run_sync(self._lookup, keys)
         else:
             found = self._lookup(keys)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from egemma.cache import TwoLevelCache, cache_key
+from egemma.cache import TwoLevelCache, cache_key, shared_level
 from egemma.engines.base import ChatEngine, Disconnected
 from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.personas import PersonaRegistry, kind_for_language
@@ -106,6 +106,7 @@ class SummarizeService:
             settings.server.data_dir / "cache" / "summaries",
             settings.summary.cache_max_size,
             settings.summary.disk_cache_bytes,
+            shared=shared_level("summaries", settings),
         )
         return cls(settings, engines, registry, cache, prompts)
 
