@@ -88,8 +88,18 @@ class PostgresCluster:
 
     def init(self) -> None:
         self._tool(
-            "initdb", "-D", str(self.data), "-U", PG_SUPERUSER, "-A", "trust", "--no-sync",
-            "-E", "UTF8", "--locale", "C",
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            PG_SUPERUSER,
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale",
+            "C",
         )
 
     def start(self) -> None:
@@ -98,12 +108,23 @@ class PostgresCluster:
             "-c max_connections=200 -c shared_buffers=32MB"
         )
         self._tool(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options,
-            "-w", "-t", "60", "start",
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
-        self._tool("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
+        self._tool(
+            "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False
+        )
 
     def destroy(self) -> None:
         self.stop("immediate")
@@ -154,8 +175,19 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.root), "--protected-mode", "yes",
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+                "--protected-mode",
+                "yes",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

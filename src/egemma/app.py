@@ -114,7 +114,9 @@ def create_app(
         shared_store=settings.store.url is not None,
     )
     if generated:
-        announce_generated_key(key, settings.server.api_key_file or settings.server.data_dir / "api_key")
+        announce_generated_key(
+            key, settings.server.api_key_file or settings.server.data_dir / "api_key"
+        )
     state = AppState(
         settings=settings,
         engines=engines if engines is not None else Engines(),

@@ -101,7 +101,8 @@ async def test_redis_away_is_served_uncached_and_counted(tmp_path: Path) -> None
         metrics = (await http.get("/metrics")).text
         assert 'egemma_cache_errors_total{cache="embeddings"}' in metrics
         errors = [
-            line for line in metrics.splitlines()
+            line
+            for line in metrics.splitlines()
             if line.startswith('egemma_cache_errors_total{cache="embeddings"}')
         ]
         assert float(errors[0].split()[-1]) >= 1

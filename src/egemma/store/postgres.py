@@ -219,7 +219,10 @@ class PostgresStore:
             max_size=self.pool_size,
             open=False,
             configure=self._configure,
-            kwargs={"connect_timeout": max(2, int(self.busy_timeout)), "application_name": "egemma"},
+            kwargs={
+                "connect_timeout": max(2, int(self.busy_timeout)),
+                "application_name": "egemma",
+            },
             timeout=self.busy_timeout,
             # Give up a reconnect loop soon: the next request that waits starts a fresh one at
             # once, so a server that is back is used within a request, not after a long backoff.

@@ -89,7 +89,9 @@ async def _page(
     direction = "ASC" if asc != backwards else "DESC"
     where = (" WHERE " + " AND ".join(conds)) if conds else ""
     rows = await _all(
-        conn, f"SELECT * FROM ({sql}) page{where} ORDER BY pos {direction} LIMIT %s", [*args, limit + 1]
+        conn,
+        f"SELECT * FROM ({sql}) page{where} ORDER BY pos {direction} LIMIT %s",
+        [*args, limit + 1],
     )
     has_more = len(rows) > limit
     data = [decode(row) if decode else json.loads(row[0]) for row in rows[:limit]]
