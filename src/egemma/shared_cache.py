@@ -99,7 +99,7 @@ class RedisLevel:
             self._failed("read", exc)
             return None
         self._ok()
-        if raw is None:
+        if not isinstance(raw, bytes):
             return None
         try:
             return unpack(raw)

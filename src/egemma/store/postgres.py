@@ -144,7 +144,7 @@ class PostgresStore:
                 if self._health.status != "ok":
                     self._mark_ok()  # a committed transaction proves the server is back
                 return result
-            except _Retry as retry:
+            except _RetryError as retry:
                 cause: Exception = retry.cause
             except SchemaTooNewError as exc:
                 raise self._broken(exc) from exc
@@ -169,7 +169,7 @@ class PostgresStore:
         try:
             conn = await pool.getconn(timeout=max(deadline - time.monotonic(), 0.01))
         except PoolTimeout as exc:
-            raise _Retry(exc) from exc
+            raise _RetryError(exc) from exc
         try:
             try:
                 result = await fn(conn)
@@ -248,7 +248,7 @@ class PostgresStore:
         try:
             conn = await self._pool.getconn(timeout=max(deadline - time.monotonic(), 0.01))
         except PoolTimeout as exc:
-            raise _Retry(exc) from exc
+            raise _RetryError(exc) from exc
         try:
             await migrate(conn)
             self._migrated = True
@@ -287,7 +287,7 @@ class PostgresScope:
         await self._store.check()
 
 
-class _Retry(Exception):
+class _RetryError(Exception):
     """No connection within this attempt's budget: try again (or 503 when out of budget)."""
 
     def __init__(self, cause: Exception) -> None:

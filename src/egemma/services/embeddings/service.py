@@ -21,13 +21,13 @@ import anyio
 import numpy as np
 
 from egemma.cache import TwoLevelCache, cache_key
-from egemma.shared_cache import RedisLevel
 from egemma.engines.base import Disconnected, EmbeddingEngine
 from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS
 from egemma.services.departures import unless_gone
 from egemma.services.embeddings.batcher import DynamicBatcher
 from egemma.settings import EmbeddingSettings
+from egemma.shared_cache import RedisLevel
 
 log = logging.getLogger(__name__)
 
