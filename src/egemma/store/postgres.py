@@ -121,14 +121,16 @@ class PostgresStore:
     # -- running work ---------------------------------------------------------------------------
 
     async def read(self, fn: Work[T]) -> T:
-        """Run ``fn`` in one transaction (retried while the server is away)."""
-        return await self._run(fn)
+        """Run ``fn`` outside a transaction (autocommit: one round trip per statement, each
+        statement its own snapshot), retried while the server is away. Reads that must agree
+        across statements are written as one statement (``responses.get``)."""
+        return await self._run(fn, write=False)
 
     async def write(self, fn: Work[T]) -> T:
         """Run ``fn`` in one transaction; returns only once its ``COMMIT`` has returned."""
-        return await self._run(fn)
+        return await self._run(fn, write=True)
 
-    async def _run(self, fn: Work[T]) -> T:
+    async def _run(self, fn: Work[T], *, write: bool) -> T:
         try:
             import psycopg
         except ImportError as exc:  # the ``postgres`` extra is not installed
@@ -140,7 +142,7 @@ class PostgresStore:
         while True:
             try:
                 pool = await self._ensure_open(deadline)
-                result = await self._attempt(pool, fn, deadline)
+                result = await self._attempt(pool, fn, deadline, write)
                 if self._health.status != "ok":
                     self._mark_ok()  # a committed transaction proves the server is back
                 return result
@@ -162,7 +164,7 @@ class PostgresStore:
             await anyio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.5)
 
-    async def _attempt(self, pool: Any, fn: Work[T], deadline: float) -> T:
+    async def _attempt(self, pool: Any, fn: Work[T], deadline: float, write: bool) -> T:
         import psycopg
         from psycopg_pool import PoolTimeout
 
@@ -171,13 +173,16 @@ class PostgresStore:
         except PoolTimeout as exc:
             raise _RetryError(exc) from exc
         try:
+            if not write:
+                return await fn(conn)
+            await conn.execute("BEGIN")
             try:
                 result = await fn(conn)
             except BaseException:
                 await _rollback(conn)
                 raise
             try:
-                await conn.commit()
+                await conn.execute("COMMIT")
             except psycopg.Error as exc:
                 if conn.closed or conn.broken:
                     # The answer to COMMIT was lost: done or not, nobody can tell. Never replay.
@@ -222,6 +227,9 @@ class PostgresStore:
             kwargs={
                 "connect_timeout": max(2, int(self.busy_timeout)),
                 "application_name": "egemma",
+                # Transactions are explicit (BEGIN … COMMIT in ``_attempt``): a read is one
+                # round trip, not BEGIN + SELECT + COMMIT.
+                "autocommit": True,
             },
             timeout=self.busy_timeout,
             # Give up a reconnect loop soon: the next request that waits starts a fresh one at
@@ -240,7 +248,6 @@ class PostgresStore:
         row = await cur.fetchone()
         if row and row[0] == "off":
             await conn.execute("SET synchronous_commit = on")
-        await conn.commit()
 
     async def _migrate(self, deadline: float) -> None:
         from psycopg_pool import PoolTimeout
@@ -296,48 +303,48 @@ class _RetryError(Exception):
 
 
 async def migrate(conn: Conn) -> int:
-    """Apply pending migrations, one transaction each, under an advisory lock."""
+    """Apply pending migrations, one transaction each, under an advisory lock (``conn`` is in
+    autocommit mode, as the pool's are)."""
     await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        await conn.commit()
         current = await _version(conn)
         if current > LATEST:
             raise SchemaTooNewError(_too_new(current))
         for migration in MIGRATIONS:
             if migration.version <= current:
                 continue
-            for statement in migration.postgres.split(";"):
-                if statement.strip():
-                    await conn.execute(statement)
-            await conn.execute("DELETE FROM schema_version")
-            await conn.execute(
-                "INSERT INTO schema_version (version) VALUES (%s)", (migration.version,)
-            )
-            await conn.commit()
+            async with conn.transaction():
+                for statement in migration.postgres.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (%s)", (migration.version,)
+                )
             current = migration.version
             log.info("store migrated to v%d (%s)", migration.version, migration.name)
         return current
     finally:
         await _rollback(conn)
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        await conn.commit()
+        if not conn.closed:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
 async def _version(conn: Conn) -> int:
     cur = await conn.execute("SELECT max(version) FROM schema_version")
     row = await cur.fetchone()
-    await conn.commit()
     return int(row[0] or 0) if row else 0
 
 
 async def _rollback(conn: Conn) -> None:
     import psycopg
+    from psycopg.pq import TransactionStatus
 
-    if conn.closed:
+    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
         return
     try:
-        await conn.rollback()
+        await conn.execute("ROLLBACK")
     except psycopg.Error as exc:  # a dead connection: the pool discards it on return
         log.debug("rollback on a broken store connection: %s", exc)
 

@@ -145,20 +145,18 @@ class PostgresResponses:
             return None
 
         async def run(conn: Conn) -> tuple[Item, list[Item]] | None:
-            row = await _one(
+            # One statement (one snapshot, one round trip): the response and its input items.
+            rows = await _all(
                 conn,
-                "SELECT seq, body FROM responses WHERE id = %s" + self._mine,
+                "SELECT r.body, i.body FROM responses r LEFT JOIN response_items i "
+                "ON i.response_seq = r.seq AND i.kind = 'input' WHERE r.id = %s"
+                + _mine(self._owner, "r.")[0]
+                + " ORDER BY i.position",
                 [response_id, *self._mine_args],
             )
-            if row is None:
+            if not rows:
                 return None
-            items = await _all(
-                conn,
-                "SELECT body FROM response_items WHERE response_seq = %s AND kind = 'input' "
-                "ORDER BY position",
-                (row[0],),
-            )
-            return json.loads(row[1]), [json.loads(r[0]) for r in items]
+            return json.loads(rows[0][0]), [json.loads(r[1]) for r in rows if r[1] is not None]
 
         return await self._store.read(run)
 
