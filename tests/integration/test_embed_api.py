@@ -127,20 +127,47 @@ async def test_v1_embeddings_float_and_base64(
     np.testing.assert_allclose(cut, floats[:16] / np.linalg.norm(floats[:16]), rtol=1e-5)
 
 
-async def test_v1_embeddings_token_arrays(
+async def test_v1_embeddings_token_arrays_are_cl100k(
     client: httpx.AsyncClient, fake: FakeEmbeddingEngine
 ) -> None:
-    r = await client.post("/v1/embeddings", json={"input": [1, 2], "model": "m"}, headers=AUTH)
+    """Token ids are OpenAI's cl100k_base (what LangChain sends), decoded and embedded as text."""
+    hello, world = 15339, 1917  # cl100k_base: "hello", " world"
+    r = await client.post(
+        "/v1/embeddings", json={"input": [hello, world], "model": "m"}, headers=AUTH
+    )
     assert r.status_code == 200, r.text
     r = await client.post(
-        "/v1/embeddings", json={"input": [[1, 2], [3]], "model": "m"}, headers=AUTH
+        "/v1/embeddings", json={"input": [[hello, world], [hello]], "model": "m"}, headers=AUTH
     )
     assert r.status_code == 200
     assert len(r.json()["data"]) == 2
-    assert fake.calls == [["w1 w2"], ["w3"]]  # the second request found "w1 w2" cached
-    r = await client.post("/v1/embeddings", json={"input": [10**9], "model": "m"}, headers=AUTH)
-    assert r.status_code == 400
-    assert r.json()["error"]["param"] == "input"
+    assert fake.calls == [["hello world"], ["hello"]]  # the second request found one cached
+    string = await client.post(
+        "/v1/embeddings", json={"input": "hello world", "model": "m"}, headers=AUTH
+    )
+    assert string.json()["data"][0] == r.json()["data"][0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "param", "code"),
+    [
+        ({"input": [10**9]}, "input", "invalid_token_id"),
+        ({"input": [15339, 100256]}, "input", "invalid_token_id"),
+        ({"input": [[15339], [15339, -1]]}, "input[1]", "invalid_token_id"),
+        # b"\xff" (id 223 in cl100k_base) between two words is no UTF-8 at all
+        ({"input": [[15339], [15339, 187, 1917]]}, "input[1]", "invalid_token_sequence"),
+    ],
+)
+async def test_v1_embeddings_undecodable_tokens(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine, payload: dict, param: str, code: str
+) -> None:
+    r = await client.post("/v1/embeddings", json={"model": "m", **payload}, headers=AUTH)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == (param, code)
+    assert "cl100k_base" in error["message"]
+    assert fake.calls == []
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import partial
 from typing import Annotated
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from openai.types import CreateEmbeddingResponse
@@ -73,14 +75,27 @@ async def embed(
     return _json("{" + ",".join(parts) + "}")
 
 
-def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
+INLINE_TOKEN_IDS = 4096  # more ids than this are decoded in a worker thread
+
+
+async def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
     raw = body.input
     if isinstance(raw, str):
         texts = [raw]
-    elif raw and isinstance(raw[0], int):
-        texts = [service.decode_tokens(raw)]
-    elif raw and isinstance(raw[0], list):
-        texts = [service.decode_tokens(ids) for ids in raw]
+    elif raw and isinstance(raw[0], int | list):
+        # Token ids are OpenAI's (cl100k_base), never this model's: issue 13.
+        arrays = [raw] if isinstance(raw[0], int) else raw
+        params = ["input"] if isinstance(raw[0], int) else [f"input[{i}]" for i in range(len(raw))]
+        if len(arrays) > MAX_INPUTS:
+            raise InvalidRequestError(
+                f"input holds {len(arrays)} items; at most {MAX_INPUTS} are accepted.",
+                param="input",
+            )
+        decode = partial(service.openai_tokens.decode, arrays, params)  # type: ignore[arg-type]
+        if sum(len(a) for a in arrays) > INLINE_TOKEN_IDS:
+            texts = await anyio.to_thread.run_sync(decode)
+        else:
+            texts = decode()
     else:
         texts = [t for t in raw if isinstance(t, str)]
     if not texts:
@@ -115,7 +130,7 @@ async def create_embeddings(
     service: EmbeddingsDep,
     request: Request,
 ) -> Response:
-    texts = _inputs(body, service)
+    texts = await _inputs(body, service)
     size = service.engine.dimension if body.dimensions is None else body.dimensions
     service.check_dimensions(size)
     result = await service.embed(

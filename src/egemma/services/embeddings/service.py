@@ -26,6 +26,7 @@ from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS
 from egemma.services.departures import unless_gone
 from egemma.services.embeddings.batcher import DynamicBatcher
+from egemma.services.embeddings.openai_tokens import OpenAITokenDecoder
 from egemma.settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class EmbeddingService:
         # One request may not hold more texts than may wait, nor more characters than the cap.
         self.max_inputs = min(MAX_INPUTS, settings.queue_size)
         self.max_chars = settings.max_request_chars
+        self.openai_tokens = OpenAITokenDecoder()  # token-id input: loaded on first use
         self._unwritten: list[tuple[str, tuple[int, bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.batcher = DynamicBatcher(
@@ -154,12 +156,6 @@ class EmbeddingService:
                 code="invalid_dimensions",
             )
         return dimensions
-
-    def decode_tokens(self, ids: Sequence[int]) -> str:
-        try:
-            return self.engine.decode(ids)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), param="input", code="invalid_tokens") from None
 
     # -- embedding -----------------------------------------------------------------------------
 
