@@ -53,7 +53,8 @@ async def test_embed_original_shape(client: httpx.AsyncClient, fake: FakeEmbeddi
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert list(body) == ["embedding_16d", "embedding_64d"]
+    assert list(body) == ["embedding_16d", "embedding_64d", "model", "dimensions"]
+    assert (body["model"], body["dimensions"]) == (fake.name, 64)
     full = _unit(body["embedding_64d"])
     np.testing.assert_allclose(full, fake.vector(GEMMA_PROMPTS["query"] + "def f(): pass"), 1e-5)
     cut = _unit(body["embedding_16d"])
@@ -67,7 +68,7 @@ async def test_embed_defaults_document_prompt_and_smallest_trained_size(
         "/embed?title=Guide", files={"file": ("a.md", "# Überschrift\n".encode())}, headers=AUTH
     )
     assert r.status_code == 200, r.text
-    assert list(r.json()) == ["embedding_16d"]
+    assert list(r.json()) == ["embedding_16d", "model", "dimensions"]
     assert fake.calls == [["title: Guide | text: # Überschrift\n"]]
 
 
@@ -95,7 +96,42 @@ async def test_embed_too_large_is_413(client: httpx.AsyncClient) -> None:
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
-@pytest.mark.parametrize("query", ["dimensions=65", "dimensions=0", "prompt_name=search_query"])
+async def test_embed_pads_the_original_sizes_above_the_models(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine
+) -> None:
+    """cognition-cli's request: 768 only, read from ``embedding_768d``; a 64-d model's vector
+    comes back zero-padded, so every similarity is the model's own."""
+    r = await client.post(
+        "/embed?dimensions=768&prompt_name=Retrieval-document",
+        files={"file": ("signature.txt", b"function f(): void")},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["dimensions"]) == (fake.name, 64)
+    vector = _unit(body["embedding_768d"])
+    assert vector.shape == (768,)
+    assert not vector[64:].any()
+    expected = fake.vector(GEMMA_PROMPTS["Retrieval-document"] + "function f(): void")
+    np.testing.assert_allclose(vector[:64], expected, rtol=1e-5)
+
+
+async def test_embed_without_padding_refuses_sizes_above_the_models(
+    fake: FakeEmbeddingEngine,
+) -> None:
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY, EMBEDDING_PAD_DIMENSIONS="false")
+    app = create_app(settings, engines=Engines(embedding=fake))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            r = await http.post(
+                "/embed?dimensions=768", files={"file": ("x.txt", b"x")}, headers=AUTH
+            )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "dimensions"
+
+
+@pytest.mark.parametrize("query", ["dimensions=769", "dimensions=0", "prompt_name=search_query"])
 async def test_embed_bad_parameters_are_400(client: httpx.AsyncClient, query: str) -> None:
     r = await client.post(f"/embed?{query}", files={"file": ("x.txt", b"hi")}, headers=AUTH)
     assert r.status_code == 400

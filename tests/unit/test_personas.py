@@ -265,7 +265,8 @@ def test_every_cognition_cli_persona_exists(name: str, kind: Literal["code", "do
     registry = PersonaRegistry.from_directory(default_personas_dir())
     prompt = registry.render(name, kind, language="TypeScript", max_tokens=500)
     assert len(prompt) > 200
-    assert "{language}" not in prompt and "{max_tokens}" not in prompt
+    assert "{language}" not in prompt
+    assert "{max_tokens}" not in prompt
 
 
 def test_ast_analyst_asks_for_cognition_clis_structural_json() -> None:

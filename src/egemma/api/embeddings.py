@@ -19,7 +19,7 @@ from egemma.api.deps import EmbeddingsDep, StateDep
 from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
 from egemma.ratelimit import rate_limit
-from egemma.services.embeddings.service import EmbeddingService, truncate
+from egemma.services.embeddings.service import EmbeddingService, resize, truncate
 from egemma.services.uploads import decode_upload
 
 router = APIRouter(tags=["embeddings"])
@@ -42,7 +42,15 @@ def float_array(vector: np.ndarray) -> str:
     "/embed",
     summary="Embed an uploaded text file (original eGemma shape)",
     dependencies=[Depends(rate_limit("embed"))],
-    responses={200: {"content": {"application/json": {"example": {"embedding_128d": [0.1]}}}}},
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"embedding_768d": [0.1], "model": "m", "dimensions": 384}
+                }
+            }
+        }
+    },
 )
 async def embed(
     state: StateDep,
@@ -67,11 +75,17 @@ async def embed(
     )
     sizes = list(dict.fromkeys(dimensions or [service.default_dimensions]))
     for size in sizes:
-        service.check_dimensions(size)
+        service.check_embed_dimensions(size)
     result = await service.embed(
         [text], prompt_name=prompt_name, title=title, is_disconnected=request.is_disconnected
     )
-    parts = [f'"embedding_{d}d":{float_array(truncate(result.vectors, d)[0])}' for d in sizes]
+    parts = [f'"embedding_{d}d":{float_array(resize(result.vectors, d)[0])}' for d in sizes]
+    # cognition-cli's EmbedResponse: `model` and `dimensions` (the model's own size; a larger
+    # key is that vector zero-padded).
+    parts += [
+        f'"model":{json.dumps(service.engine.name)}',
+        f'"dimensions":{service.engine.dimension}',
+    ]
     return _json("{" + ",".join(parts) + "}")
 
 
