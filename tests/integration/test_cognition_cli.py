@@ -27,7 +27,9 @@ from tests.servers import LiveServer
 BEARER = {"Authorization": f"Bearer {TEST_KEY}"}
 SLM = "gemini-3-flash-preview"  # DEFAULT_SLM_MODEL_NAME
 OPSEC = "gemini-3.1-pro-preview"  # DEFAULT_OPSEC_MODEL_NAME
-STRUCTURAL = '{"language": "TypeScript", "docstring": "", "imports": [], "classes": [], "functions": []}'
+STRUCTURAL = (
+    '{"language": "TypeScript", "docstring": "", "imports": [], "classes": [], "functions": []}'
+)
 
 
 @pytest.fixture(scope="module")
