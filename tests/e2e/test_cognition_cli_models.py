@@ -24,6 +24,9 @@ BEARER = {"Authorization": f"Bearer {TEST_KEY}"}
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(
         WORKBENCH_API_KEY=TEST_KEY,
+        DATA_DIR=tmp_path_factory.mktemp(
+            "cognition-e2e-data"
+        ),  # module scope: before the autouse one
         EMBEDDING_MODEL_PATH=str(build_minilm_onnx(tmp_path_factory)),
         CHAT_N_CTX=1024,
         SUMMARIZE_RATE_LIMIT_CALLS=100,

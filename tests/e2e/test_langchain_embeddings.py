@@ -55,6 +55,7 @@ def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(
         WORKBENCH_API_KEY=TEST_KEY,
+        DATA_DIR=tmp_path_factory.mktemp("langchain-data"),  # module scope: before the autouse one
         EMBEDDING_MODEL_PATH=str(build_minilm_onnx(tmp_path_factory)),
         CHAT_MODEL_ENABLED="false",
         SUMMARY_LOCAL_ENABLED="false",

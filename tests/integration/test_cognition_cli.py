@@ -43,12 +43,18 @@ def embedder() -> FakeEmbeddingEngine:
 
 
 @pytest.fixture(scope="module")
-def server(chat: FakeChatEngine, embedder: FakeEmbeddingEngine) -> Iterator[LiveServer]:
+def server(
+    chat: FakeChatEngine, embedder: FakeEmbeddingEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     engines = fake_engines(chat, summary=True)
     engines.embedding = embedder
     engines.status["embeddings"] = CapabilityStatus(name=embedder.name, status="loaded")
+    # Module scope runs before the autouse DATA_DIR fixture: give the server its own folder.
     settings = make_settings(
-        WORKBENCH_API_KEY=TEST_KEY, SUMMARIZE_RATE_LIMIT_CALLS=1000, EMBED_RATE_LIMIT_CALLS=1000
+        WORKBENCH_API_KEY=TEST_KEY,
+        DATA_DIR=tmp_path_factory.mktemp("cognition-data"),
+        SUMMARIZE_RATE_LIMIT_CALLS=1000,
+        EMBED_RATE_LIMIT_CALLS=1000,
     )
     live = LiveServer(create_app(settings, engines=engines))
     live.start()
