@@ -105,7 +105,7 @@ async def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str
                 f"input holds {len(arrays)} items; at most {MAX_INPUTS} are accepted.",
                 param="input",
             )
-        decode = partial(service.openai_tokens.decode, arrays, params)  # type: ignore[arg-type]
+        decode = partial(service.openai_tokens.decode, arrays, params)
         if sum(len(a) for a in arrays) > INLINE_TOKEN_IDS:
             texts = await anyio.to_thread.run_sync(decode)
         else:
