@@ -232,6 +232,10 @@ class EmbeddingSettings(BaseSettings):
         le=1_000_000_000,
         description="Characters one request may embed in all (400 beyond).",
     )
+    pad_dimensions: bool = Field(
+        True,
+        description="/embed: sizes above the model's, up to 768, are its vector zero-padded.",
+    )
     cache_max_size: int = Field(
         10_000,
         ge=0,

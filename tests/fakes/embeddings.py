@@ -50,11 +50,6 @@ class FakeEmbeddingEngine:
         vectors = np.stack([self.vector(t) for t in texts])
         return vectors, [len(t.split()) + 2 for t in texts]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        if any(i < 0 or i >= 1000 for i in ids):
-            raise ValueError("token ids must be in 0..999 for fake-embedder")
-        return " ".join(f"w{i}" for i in ids)
-
     @property
     def texts_encoded(self) -> int:
         return sum(len(c) for c in self.calls)

@@ -53,7 +53,8 @@ async def test_embed_original_shape(client: httpx.AsyncClient, fake: FakeEmbeddi
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert list(body) == ["embedding_16d", "embedding_64d"]
+    assert list(body) == ["embedding_16d", "embedding_64d", "model", "dimensions"]
+    assert (body["model"], body["dimensions"]) == (fake.name, 64)
     full = _unit(body["embedding_64d"])
     np.testing.assert_allclose(full, fake.vector(GEMMA_PROMPTS["query"] + "def f(): pass"), 1e-5)
     cut = _unit(body["embedding_16d"])
@@ -67,7 +68,7 @@ async def test_embed_defaults_document_prompt_and_smallest_trained_size(
         "/embed?title=Guide", files={"file": ("a.md", "# Überschrift\n".encode())}, headers=AUTH
     )
     assert r.status_code == 200, r.text
-    assert list(r.json()) == ["embedding_16d"]
+    assert list(r.json()) == ["embedding_16d", "model", "dimensions"]
     assert fake.calls == [["title: Guide | text: # Überschrift\n"]]
 
 
@@ -95,7 +96,42 @@ async def test_embed_too_large_is_413(client: httpx.AsyncClient) -> None:
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
-@pytest.mark.parametrize("query", ["dimensions=65", "dimensions=0", "prompt_name=search_query"])
+async def test_embed_pads_the_original_sizes_above_the_models(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine
+) -> None:
+    """cognition-cli's request: 768 only, read from ``embedding_768d``; a 64-d model's vector
+    comes back zero-padded, so every similarity is the model's own."""
+    r = await client.post(
+        "/embed?dimensions=768&prompt_name=Retrieval-document",
+        files={"file": ("signature.txt", b"function f(): void")},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["dimensions"]) == (fake.name, 64)
+    vector = _unit(body["embedding_768d"])
+    assert vector.shape == (768,)
+    assert not vector[64:].any()
+    expected = fake.vector(GEMMA_PROMPTS["Retrieval-document"] + "function f(): void")
+    np.testing.assert_allclose(vector[:64], expected, rtol=1e-5)
+
+
+async def test_embed_without_padding_refuses_sizes_above_the_models(
+    fake: FakeEmbeddingEngine,
+) -> None:
+    settings = make_settings(WORKBENCH_API_KEY=TEST_KEY, EMBEDDING_PAD_DIMENSIONS="false")
+    app = create_app(settings, engines=Engines(embedding=fake))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            r = await http.post(
+                "/embed?dimensions=768", files={"file": ("x.txt", b"x")}, headers=AUTH
+            )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "dimensions"
+
+
+@pytest.mark.parametrize("query", ["dimensions=769", "dimensions=0", "prompt_name=search_query"])
 async def test_embed_bad_parameters_are_400(client: httpx.AsyncClient, query: str) -> None:
     r = await client.post(f"/embed?{query}", files={"file": ("x.txt", b"hi")}, headers=AUTH)
     assert r.status_code == 400
@@ -127,20 +163,47 @@ async def test_v1_embeddings_float_and_base64(
     np.testing.assert_allclose(cut, floats[:16] / np.linalg.norm(floats[:16]), rtol=1e-5)
 
 
-async def test_v1_embeddings_token_arrays(
+async def test_v1_embeddings_token_arrays_are_cl100k(
     client: httpx.AsyncClient, fake: FakeEmbeddingEngine
 ) -> None:
-    r = await client.post("/v1/embeddings", json={"input": [1, 2], "model": "m"}, headers=AUTH)
+    """Token ids are OpenAI's cl100k_base (what LangChain sends), decoded and embedded as text."""
+    hello, world = 15339, 1917  # cl100k_base: "hello", " world"
+    r = await client.post(
+        "/v1/embeddings", json={"input": [hello, world], "model": "m"}, headers=AUTH
+    )
     assert r.status_code == 200, r.text
     r = await client.post(
-        "/v1/embeddings", json={"input": [[1, 2], [3]], "model": "m"}, headers=AUTH
+        "/v1/embeddings", json={"input": [[hello, world], [hello]], "model": "m"}, headers=AUTH
     )
     assert r.status_code == 200
     assert len(r.json()["data"]) == 2
-    assert fake.calls == [["w1 w2"], ["w3"]]  # the second request found "w1 w2" cached
-    r = await client.post("/v1/embeddings", json={"input": [10**9], "model": "m"}, headers=AUTH)
-    assert r.status_code == 400
-    assert r.json()["error"]["param"] == "input"
+    assert fake.calls == [["hello world"], ["hello"]]  # the second request found one cached
+    string = await client.post(
+        "/v1/embeddings", json={"input": "hello world", "model": "m"}, headers=AUTH
+    )
+    assert string.json()["data"][0] == r.json()["data"][0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "param", "code"),
+    [
+        ({"input": [10**9]}, "input", "invalid_token_id"),
+        ({"input": [15339, 100256]}, "input", "invalid_token_id"),
+        ({"input": [[15339], [15339, -1]]}, "input[1]", "invalid_token_id"),
+        # b"\xff" (id 223 in cl100k_base) between two words is no UTF-8 at all
+        ({"input": [[15339], [15339, 187, 1917]]}, "input[1]", "invalid_token_sequence"),
+    ],
+)
+async def test_v1_embeddings_undecodable_tokens(
+    client: httpx.AsyncClient, fake: FakeEmbeddingEngine, payload: dict, param: str, code: str
+) -> None:
+    r = await client.post("/v1/embeddings", json={"model": "m", **payload}, headers=AUTH)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == (param, code)
+    assert "cl100k_base" in error["message"]
+    assert fake.calls == []
 
 
 @pytest.mark.parametrize(

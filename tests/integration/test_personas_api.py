@@ -20,7 +20,7 @@ async def test_lists_shipped_personas_with_kind(client: httpx.AsyncClient) -> No
     assert ("security_validator", "code") in entries
     assert ("security_validator", "docs") in entries
     assert ("query_analyst", "docs") in entries
-    assert len(entries) == 20
+    assert len(entries) == 22
 
 
 @pytest.mark.anyio

@@ -304,7 +304,15 @@ async def test_requires_key(client: httpx.AsyncClient) -> None:
     [
         ({"SUMMARY_LOCAL_ENABLED": "false"}, {}, 400, "local_summarization_disabled"),
         ({}, {}, 503, "model_not_loaded"),
-        ({}, {"model_name": "gemini-2.5-pro"}, 400, "gemini_not_configured"),
+        # No Gemini key: the local model answers, so it being absent is a 503 …
+        ({}, {"model_name": "gemini-2.5-pro"}, 503, "model_not_loaded"),
+        # … and with local summaries off, Gemini not being configured is the answer.
+        (
+            {"SUMMARY_LOCAL_ENABLED": "false"},
+            {"model_name": "gemini-2.5-pro"},
+            400,
+            "gemini_not_configured",
+        ),
     ],
 )
 async def test_unavailable_backends(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -18,6 +19,7 @@ from egemma.personas import (
 
 EXPECTED = {
     "code": {
+        "ast_analyst",
         "default",
         "developer",
         "log_analyst",
@@ -34,6 +36,7 @@ EXPECTED = {
         "default",
         "knowledge_assistant",
         "lineage_validator",
+        "mathematical_validator",
         "mission_validator",
         "operational_validator",
         "proof_validator",
@@ -42,6 +45,20 @@ EXPECTED = {
         "security_validator",
     },
 }
+
+# Every persona cognition-cli asks for (src/cognition-cli/src/config.ts, PERSONA_* constants).
+COGNITION_CLI_PERSONAS = [
+    "ast_analyst",
+    "parser_generator",
+    "security_validator",
+    "operational_validator",
+    "security_meta_validator",
+    "mathematical_validator",
+    "query_analyst",
+    "knowledge_assistant",
+    "conversation_memory_assistant",
+    "tool_output_summarizer",
+]
 
 TRAVERSAL = [
     "../etc/passwd",
@@ -240,3 +257,23 @@ def test_listing_shape(tree: Path) -> None:
 )
 def test_kind_for_language(language: str, kind: str) -> None:
     assert kind_for_language(language) == kind
+
+
+@pytest.mark.parametrize("name", COGNITION_CLI_PERSONAS)
+@pytest.mark.parametrize("kind", ["code", "docs"])
+def test_every_cognition_cli_persona_exists(name: str, kind: Literal["code", "docs"]) -> None:
+    registry = PersonaRegistry.from_directory(default_personas_dir())
+    prompt = registry.render(name, kind, language="TypeScript", max_tokens=500)
+    assert len(prompt) > 200
+    assert "{language}" not in prompt
+    assert "{max_tokens}" not in prompt
+
+
+def test_ast_analyst_asks_for_cognition_clis_structural_json() -> None:
+    prompt = PersonaRegistry.from_directory(default_personas_dir()).render(
+        "ast_analyst", "code", language="Python", max_tokens=800
+    )
+    # The keys of StructuralData, which cognition-cli JSON.parses the summary into.
+    for key in ("imports", "classes", "functions", "interfaces", "exports", "dependencies"):
+        assert f'"{key}"' in prompt
+    assert '"language": "Python"' in prompt

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import partial
 from typing import Annotated
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from openai.types import CreateEmbeddingResponse
@@ -17,7 +19,7 @@ from egemma.api.deps import EmbeddingsDep, StateDep
 from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
 from egemma.ratelimit import rate_limit
-from egemma.services.embeddings.service import EmbeddingService, truncate
+from egemma.services.embeddings.service import EmbeddingService, resize, truncate
 from egemma.services.uploads import decode_upload
 
 router = APIRouter(tags=["embeddings"])
@@ -40,7 +42,15 @@ def float_array(vector: np.ndarray) -> str:
     "/embed",
     summary="Embed an uploaded text file (original eGemma shape)",
     dependencies=[Depends(rate_limit("embed"))],
-    responses={200: {"content": {"application/json": {"example": {"embedding_128d": [0.1]}}}}},
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"embedding_768d": [0.1], "model": "m", "dimensions": 384}
+                }
+            }
+        }
+    },
 )
 async def embed(
     state: StateDep,
@@ -65,22 +75,41 @@ async def embed(
     )
     sizes = list(dict.fromkeys(dimensions or [service.default_dimensions]))
     for size in sizes:
-        service.check_dimensions(size)
+        service.check_embed_dimensions(size)
     result = await service.embed(
         [text], prompt_name=prompt_name, title=title, is_disconnected=request.is_disconnected
     )
-    parts = [f'"embedding_{d}d":{float_array(truncate(result.vectors, d)[0])}' for d in sizes]
+    parts = [f'"embedding_{d}d":{float_array(resize(result.vectors, d)[0])}' for d in sizes]
+    # cognition-cli's EmbedResponse: `model` and `dimensions` (the model's own size; a larger
+    # key is that vector zero-padded).
+    parts += [
+        f'"model":{json.dumps(service.engine.name)}',
+        f'"dimensions":{service.engine.dimension}',
+    ]
     return _json("{" + ",".join(parts) + "}")
 
 
-def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
+INLINE_TOKEN_IDS = 4096  # more ids than this are decoded in a worker thread
+
+
+async def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str]:
     raw = body.input
     if isinstance(raw, str):
         texts = [raw]
-    elif raw and isinstance(raw[0], int):
-        texts = [service.decode_tokens(raw)]
-    elif raw and isinstance(raw[0], list):
-        texts = [service.decode_tokens(ids) for ids in raw]
+    elif raw and isinstance(raw[0], int | list):
+        # Token ids are OpenAI's (cl100k_base), never this model's: issue 13.
+        arrays = [raw] if isinstance(raw[0], int) else raw
+        params = ["input"] if isinstance(raw[0], int) else [f"input[{i}]" for i in range(len(raw))]
+        if len(arrays) > MAX_INPUTS:
+            raise InvalidRequestError(
+                f"input holds {len(arrays)} items; at most {MAX_INPUTS} are accepted.",
+                param="input",
+            )
+        decode = partial(service.openai_tokens.decode, arrays, params)
+        if sum(len(a) for a in arrays) > INLINE_TOKEN_IDS:
+            texts = await anyio.to_thread.run_sync(decode)
+        else:
+            texts = decode()
     else:
         texts = [t for t in raw if isinstance(t, str)]
     if not texts:
@@ -115,7 +144,7 @@ async def create_embeddings(
     service: EmbeddingsDep,
     request: Request,
 ) -> Response:
-    texts = _inputs(body, service)
+    texts = await _inputs(body, service)
     size = service.engine.dimension if body.dimensions is None else body.dimensions
     service.check_dimensions(size)
     result = await service.embed(

@@ -6,8 +6,10 @@ Form fields as the original (and cognition-cli) send them: ``file``, ``persona``
 ``chunks`` (map-reduce parts) to the original's ``language`` and ``summary``.
 
 Status choices: local summarization disabled + a non-Gemini model → 400 (the original's
-message); Gemini without ``GEMINI_API_KEY`` → 400 ``gemini_not_configured`` (a property of this
-server that retrying will not change); a model that should be there but is not loaded → 503.
+message); a Gemini model without ``GEMINI_API_KEY`` is answered by the local model when
+``SUMMARY_LOCAL_ENABLED`` (``model`` says which; cognition-cli always names Gemini), else 400
+``gemini_not_configured`` (a property of this server that retrying will not change); a model
+that should be there but is not loaded → 503.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ async def summarize(
         str | None,
         Form(
             max_length=MAX_NAME_CHARS,
-            description="A name starting with 'gemini' uses the Gemini API; anything else the "
-            "local model.",
+            description="A name starting with 'gemini' uses the Gemini API (the local model "
+            "when GEMINI_API_KEY is unset); anything else the local model.",
         ),
     ] = None,
     max_tokens: Annotated[

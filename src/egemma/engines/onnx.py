@@ -200,14 +200,6 @@ class OnnxEmbeddingEngine:
         out: list[Encoding] = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
         return out
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text for the model's own token ids (``/v1/embeddings`` token-array input)."""
-        vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
-        if any(i < 0 or i >= vocab for i in ids):
-            raise ValueError(f"token ids must be in 0..{vocab - 1} for {self.name}")
-        text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)
-        return text
-
     # -- core: run ---------------------------------------------------------------------------
 
     def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:

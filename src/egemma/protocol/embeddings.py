@@ -19,7 +19,7 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] = Field(
-        description="A string, a list of strings, or token ids of this model's tokenizer.",
+        description="A string, a list of strings, or OpenAI (cl100k_base) token ids.",
     )
     model: str | None = Field(None, description="Accepted; the server's embedding model answers.")
     encoding_format: Literal["float", "base64"] = Field(

@@ -26,6 +26,7 @@ from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS
 from egemma.services.departures import unless_gone
 from egemma.services.embeddings.batcher import DynamicBatcher
+from egemma.services.embeddings.openai_tokens import OpenAITokenDecoder
 from egemma.settings import EmbeddingSettings
 from egemma.shared_cache import RedisLevel
 
@@ -50,6 +51,7 @@ EMBEDDINGGEMMA_PROMPT_NAMES = (
     "Summarization",
 )
 DOCUMENT_TITLE_SLOT = "title: none"
+ORIGINAL_MAX_DIMENSIONS = 768  # the original /embed's largest size (EmbeddingGemma's)
 INLINE_CACHE_LOOKUPS = 16  # more lookups than this go to a worker thread (disk reads block)
 MAX_PENDING_WRITES = 256  # unwritten vectors before a caller waits for the disk
 WRITE_BEHIND = 0.25  # seconds between disk writes of new vectors
@@ -74,6 +76,22 @@ def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
     return out
 
 
+def pad(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Zero-pad to ``dimensions``: unit length, dot products and distances all unchanged."""
+    out = np.zeros((vectors.shape[0], dimensions), dtype=np.float32)
+    out[:, : vectors.shape[1]] = vectors
+    return out
+
+
+def resize(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Truncate (Matryoshka) or pad full-dimension vectors to ``dimensions``."""
+    if dimensions == vectors.shape[1]:
+        return vectors
+    return (
+        pad(vectors, dimensions) if dimensions > vectors.shape[1] else truncate(vectors, dimensions)
+    )
+
+
 class EmbeddingService:
     """Embeds texts for both endpoints: prompts → cache → batcher → cache."""
 
@@ -85,6 +103,8 @@ class EmbeddingService:
         # One request may not hold more texts than may wait, nor more characters than the cap.
         self.max_inputs = min(MAX_INPUTS, settings.queue_size)
         self.max_chars = settings.max_request_chars
+        self.openai_tokens = OpenAITokenDecoder()  # token-id input: loaded on first use
+        self.pad_dimensions = settings.pad_dimensions
         self._unwritten: list[tuple[str, tuple[int, bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.batcher = DynamicBatcher(
@@ -151,6 +171,13 @@ class EmbeddingService:
             text = text.replace(DOCUMENT_TITLE_SLOT, f"title: {title}", 1)
         return text
 
+    def check_embed_dimensions(self, dimensions: int) -> int:
+        """``/embed``'s sizes: the original eGemma's (up to 768) are answered by any model,
+        padded with zeros above the model's own size (cognition-cli asks 768 only)."""
+        if self.pad_dimensions and self.engine.dimension < dimensions <= ORIGINAL_MAX_DIMENSIONS:
+            return dimensions
+        return self.check_dimensions(dimensions)
+
     def check_dimensions(self, dimensions: int) -> int:
         if not 1 <= dimensions <= self.engine.dimension:
             raise InvalidRequestError(
@@ -160,12 +187,6 @@ class EmbeddingService:
                 code="invalid_dimensions",
             )
         return dimensions
-
-    def decode_tokens(self, ids: Sequence[int]) -> str:
-        try:
-            return self.engine.decode(ids)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), param="input", code="invalid_tokens") from None
 
     # -- embedding -----------------------------------------------------------------------------
 

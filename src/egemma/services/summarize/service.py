@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # google-genai is an extra: imported only where Gemini is use
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+FALLBACK_ANSWER_SHARE = 4  # a Gemini request answered locally: max_tokens ≤ n_ctx / 4
 LOCAL_DISABLED_MESSAGE = (
     "Local summarization is disabled. Please specify a Gemini model "
     "(e.g., model_name='gemini-2.5-flash')."
@@ -146,8 +147,13 @@ class SummarizeService:
                 goal=request.goal,
             )
         )
+        use_gemini = is_gemini(request.model_name) and not self._falls_back(request.model_name)
+        if is_gemini(request.model_name) and not use_gemini:
+            # Gemini's output budgets (cognition-cli asks 8192–32768) would leave a small local
+            # context no room for content: keep at most a quarter of it for the answer.
+            max_tokens = min(max_tokens, max(1, self._local().n_ctx // FALLBACK_ANSWER_SHARE))
         job = Job(language, text, system, max_tokens, temperature)
-        if is_gemini(request.model_name):
+        if use_gemini:
             model = str(request.model_name).strip()
             backend = self._gemini()
             identity: dict[str, Any] = {"backend": "gemini", "model": model}
@@ -172,7 +178,7 @@ class SummarizeService:
         hit = await anyio.to_thread.run_sync(self.cache.get, key)
         if isinstance(hit, dict) and isinstance(hit.get("summary"), str):
             return SummaryResult(language, hit["summary"], hit["model"], True, hit["chunks"])
-        if is_gemini(request.model_name):
+        if use_gemini:
             summary, chunks = await self._run_gemini(backend, model, job, request.enable_safety)
         else:
             prompter = await self.prompts.get(engine)
@@ -189,6 +195,21 @@ class SummarizeService:
         self.model_calls += 1
 
     # -- backends -----------------------------------------------------------------------------
+
+    def _falls_back(self, model_name: str | None) -> bool:
+        """A Gemini model named on a server without ``GEMINI_API_KEY`` is answered by the local
+        model when local summaries are enabled (cognition-cli always names a Gemini model)."""
+        if self.engines.gemini is not None or self.settings.gemini.api_key is not None:
+            return False
+        if not self.settings.summary.local_enabled:
+            return False
+        engine = self._local()
+        log.info(
+            "summary asked for %s; GEMINI_API_KEY is not set, so the local model %s answers",
+            str(model_name).strip(),
+            engine.name,
+        )
+        return True
 
     def _gemini(self) -> GeminiBackend:
         backend = self.engines.gemini
