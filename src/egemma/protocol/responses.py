@@ -102,3 +102,24 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Any] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     user: str | None = None
+
+
+class CompactRequest(BaseModel):
+    """``POST /v1/responses/compact`` (openai-python ``responses.compact``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    prompt_cache_key: str | None = None
+
+    def as_responses_request(self) -> ResponsesRequest:
+        return ResponsesRequest(
+            model=self.model,
+            input=self.input,
+            instructions=self.instructions,
+            previous_response_id=self.previous_response_id,
+            store=False,
+        )

@@ -100,6 +100,9 @@ class ResponsesService:
         self.runner = runner
         self.seal = ReasoningSeal.from_data_dir(settings.server.data_dir)
 
+    def unseal_compaction(self, sealed: str, param: str) -> str:
+        return self.seal.open(sealed, param=param, purpose="compaction")
+
     # -- preparation --------------------------------------------------------------------------
 
     async def _draft(self, req: ResponsesRequest, records: Store) -> _Draft:
@@ -127,7 +130,8 @@ class ResponsesService:
             effort=effort,
             text=text,
         )
-        turns = await anyio.to_thread.run_sync(items_to_turns, context.items)
+        expand = partial(items_to_turns, unseal=self.unseal_compaction)
+        turns = await anyio.to_thread.run_sync(expand, context.items)
         return _Draft(engine, tools, tool_mode, context, effort, plan, turns, toolset)
 
     async def prepare(self, req: ResponsesRequest, owner: Owner) -> Prepared:
