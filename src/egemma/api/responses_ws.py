@@ -63,7 +63,8 @@ class _Connection:
                 param="type",
                 code="unsupported_frame_type",
             )
-        fields = frame.get("response") if isinstance(frame.get("response"), dict) else frame
+        nested = frame.get("response")
+        fields: dict[str, Any] = nested if isinstance(nested, dict) else frame
         fields = {k: v for k, v in fields.items() if k not in ("type", "stream", "background")}
         try:
             return ResponsesRequest.model_validate(fields)
