@@ -23,6 +23,7 @@ from egemma.api import (
     personas,
     public,
     responses,
+    responses_ws,
     stored_responses,
     summarize,
 )
@@ -130,6 +131,7 @@ def create_app(
 
     install_handlers(app)
     app.include_router(public.router)
+    app.include_router(responses_ws.router)  # authenticates its own upgrade (bearer header)
     # Auth first, then refuse new work while draining (lifecycle.py).
     guards = [Depends(require_api_key), Depends(refuse_when_draining)]
     for router in PROTECTED:

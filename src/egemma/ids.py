@@ -5,7 +5,21 @@ from __future__ import annotations
 import secrets
 
 PREFIXES = frozenset(
-    {"resp", "msg", "fc", "call", "rs", "conv", "fco", "ctc", "ctco", "item", "chatcmpl", "req"}
+    {
+        "resp",
+        "msg",
+        "fc",
+        "call",
+        "rs",
+        "conv",
+        "fco",
+        "ctc",
+        "ctco",
+        "item",
+        "chatcmpl",
+        "req",
+        "cmp",
+    }
 )
 
 

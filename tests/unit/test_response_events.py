@@ -12,6 +12,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from egemma.api.sse import encode_event, sse_bytes
+from egemma.engines.base import SamplingParams
 from egemma.protocol.responses import ResponsesRequest
 from egemma.services.prompting.types import OutputDelta
 from egemma.services.responses.events import ResponseBuilder
@@ -23,7 +24,8 @@ EVENTS = TypeAdapter(ResponseStreamEvent)
 
 def builder(summary: bool = False) -> ResponseBuilder:
     req = ResponsesRequest.model_validate({"input": "hi", "metadata": {"k": "v"}})
-    base = _response_object(req, "tiny", [], {"k": "v"}, "low", True, None, 0.3, 0.9)
+    params = SamplingParams(max_tokens=8, temperature=0.3, top_p=0.9, presence_penalty=0.5)
+    base = _response_object(req, "tiny", [], {"k": "v"}, "low", True, None, params)
     return ResponseBuilder(base, summary=summary, tool_names={"get_weather"})
 
 
@@ -160,3 +162,39 @@ def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
     added_chunk = next(i for i, c in enumerate(chunks) if b"response.output_item.added" in c)
     assert chunks.index(b": keep-alive\n\n") > added_chunk  # no comment while waiting
     assert [f["sequence_number"] for f in frames] == list(range(len(frames)))
+
+
+# The Open Responses ``ResponseResource`` requires these (openresponses.org specification);
+# openai-python's ``Response`` declares them all too, most as optional with a default.
+OPEN_RESPONSES_REQUIRED = {
+    "id", "object", "created_at", "completed_at", "status", "incomplete_details", "model",
+    "previous_response_id", "instructions", "output", "error", "tools", "tool_choice",
+    "truncation", "parallel_tool_calls", "text", "top_p", "presence_penalty",
+    "frequency_penalty", "top_logprobs", "temperature", "reasoning", "usage",
+    "max_output_tokens", "max_tool_calls", "store", "background", "service_tier", "metadata",
+    "safety_identifier", "prompt_cache_key",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("status", ["completed", "incomplete"])
+def test_response_object_carries_every_field_present_not_defaulted(status: str) -> None:
+    b = builder()
+    events = run(b, [OutputDelta("text", "Hi")], status)
+    for event in events:
+        if "response" not in event:
+            continue
+        body = event["response"]
+        assert body.keys() >= OPEN_RESPONSES_REQUIRED, OPEN_RESPONSES_REQUIRED - body.keys()
+        model = Response.model_validate(body)
+        # Every field openai's Response declares and we can answer is set by us, not defaulted.
+        unanswerable = {
+            "access_programs", "image", "input_transformations", "moderation", "prompt",
+            "prompt_cache_diagnostics", "prompt_cache_options", "prompt_cache_retention",
+            "tool_usage", "conversation",
+        }  # fmt: skip
+        missing = set(Response.model_fields) - model.model_fields_set - unanswerable
+        assert not missing, missing
+        assert body["top_logprobs"] == 0
+        assert body["presence_penalty"] == 0.5
+        assert body["frequency_penalty"] == 0.0
+        assert isinstance(body["temperature"], float)

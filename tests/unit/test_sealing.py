@@ -75,3 +75,15 @@ def test_key_is_created_on_first_use_and_an_unwritable_dir_is_503(tmp_path: Path
         broken.seal("x")
     assert err.value.status_code == 503
     assert seal.open(seal.seal("x"), param="p") == "x"
+
+
+def test_a_sealed_value_opens_only_for_its_purpose(tmp_path: Path) -> None:
+    seal = ReasoningSeal.from_data_dir(tmp_path)
+    compaction = seal.seal("earlier turns", purpose="compaction")
+    reasoning = seal.seal("thinking")
+    assert seal.open(compaction, param="p", purpose="compaction") == "earlier turns"
+    assert seal.open(reasoning, param="p") == "thinking"
+    with pytest.raises(InvalidRequestError):
+        seal.open(compaction, param="p")  # a compaction summary is not reasoning
+    with pytest.raises(InvalidRequestError):
+        seal.open(reasoning, param="p", purpose="compaction")

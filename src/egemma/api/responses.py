@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 
 from egemma.api.deps import OwnerDep, ResponsesDep, StateDep, require_store
 from egemma.api.sse import EventStreamResponse
-from egemma.protocol.responses import ResponsesRequest
+from egemma.protocol.responses import CompactRequest, ResponsesRequest
 from egemma.ratelimit import rate_limit
+from egemma.services.responses.compaction import compact
 
 router = APIRouter(tags=["responses"])
 
@@ -40,6 +41,17 @@ def ignored_tools_header(ignored: tuple[str, ...]) -> dict[str, str]:
     """``X-Ignored-Tools``: the request's tools the server cannot run and did not offer to the
     model (hosted tools such as ``web_search``), so a client can tell."""
     return {"X-Ignored-Tools": ", ".join(ignored)} if ignored else {}
+
+
+@router.post("/v1/responses/compact", dependencies=[Depends(rate_limit("chat"))])
+async def compact_response(
+    body: CompactRequest, request: Request, service: ResponsesDep, owner: OwnerDep
+) -> dict[str, Any]:
+    """Compact ``input`` (or the stored chain of ``previous_response_id``) into the user
+    messages and one sealed ``compaction`` item (services/responses/compaction.py)."""
+    if body.previous_response_id:
+        await require_store(request)
+    return await compact(service, body.as_responses_request(), owner, request.is_disconnected)
 
 
 @router.post("/v1/responses/input_tokens", dependencies=[Depends(rate_limit("chat"))])

@@ -62,6 +62,8 @@ class SamplingParams:
     top_p: float = 0.95
     min_p: float = 0.05
     top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop_token_ids: tuple[int, ...] = ()
     json_schema: str | None = None
     gbnf: str | None = None

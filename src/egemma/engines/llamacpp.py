@@ -231,6 +231,8 @@ class LlamaChatEngine:
                 min_p=params.min_p,
                 temp=params.temperature,
                 repeat_penalty=1.0,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
                 grammar=grammar,
             )
             try:

@@ -24,6 +24,8 @@ Number = BeforeValidator(_a_json_number)
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False), Number]
 TokenBudget = Annotated[int, Field(ge=1, le=1_048_576, strict=False), Number]
 JsonInt = Annotated[int, Number]
+# OpenAI's range for presence/frequency penalties (llama.cpp applies them as given).
+Penalty = Annotated[FiniteFloat, Field(ge=-2.0, le=2.0)]
 
 
 class ReasoningParam(BaseModel):
@@ -46,6 +48,7 @@ class ResponsesRequest(BaseModel):
 
     background: StrictBool | None = None
     conversation: str | dict[str, Any] | None = None
+    frequency_penalty: Penalty | None = None
     include: list[str] | None = None
     input: str | list[Any] | None = None
     instructions: str | None = None
@@ -54,6 +57,7 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     model: str | None = None
     parallel_tool_calls: StrictBool | None = None
+    presence_penalty: Penalty | None = None
     previous_response_id: str | None = None
     prompt: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
@@ -67,7 +71,7 @@ class ResponsesRequest(BaseModel):
     text: TextParam | None = None
     tool_choice: str | dict[str, Any] | None = None
     tools: list[Any] | None = None
-    top_logprobs: JsonInt | None = None
+    top_logprobs: Annotated[JsonInt, Field(ge=0, le=20)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
@@ -78,14 +82,14 @@ class ChatCompletionRequest(BaseModel):
 
     messages: list[Any] = Field(min_length=1)
     model: str | None = None
-    frequency_penalty: FiniteFloat | None = None
+    frequency_penalty: Penalty | None = None
     logprobs: StrictBool | None = None
     max_completion_tokens: TokenBudget | None = None
     max_tokens: TokenBudget | None = None
     metadata: dict[str, Any] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     parallel_tool_calls: StrictBool | None = None
-    presence_penalty: FiniteFloat | None = None
+    presence_penalty: Penalty | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     response_format: dict[str, Any] | None = None
     seed: JsonInt | None = None
@@ -98,3 +102,24 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Any] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0.0, le=1.0)] | None = None
     user: str | None = None
+
+
+class CompactRequest(BaseModel):
+    """``POST /v1/responses/compact`` (openai-python ``responses.compact``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    prompt_cache_key: str | None = None
+
+    def as_responses_request(self) -> ResponsesRequest:
+        return ResponsesRequest(
+            model=self.model,
+            input=self.input,
+            instructions=self.instructions,
+            previous_response_id=self.previous_response_id,
+            store=False,
+        )

@@ -152,6 +152,8 @@ def to_responses_request(req: ChatCompletionRequest) -> ResponsesRequest:
             "max_output_tokens": req.max_completion_tokens or req.max_tokens,
             "temperature": req.temperature,
             "top_p": req.top_p,
+            "presence_penalty": req.presence_penalty,
+            "frequency_penalty": req.frequency_penalty,
             "text": _text_config(req.response_format),
             "reasoning": effort,
             "store": False,

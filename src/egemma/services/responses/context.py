@@ -74,6 +74,11 @@ async def _history(store: Store, previous_id: str) -> list[Item]:
     return [item for link in reversed(chain) for item in link]
 
 
+async def chain_items(store: Store, previous_id: str) -> list[Item]:
+    """Every item of the stored chain ending at ``previous_id`` (404 when unknown)."""
+    return await _history(store, previous_id)
+
+
 async def load_context(store: Store, req: ResponsesRequest) -> Context:
     if req.input is None or req.input == [] or req.input == "":
         raise InvalidRequestError("input is required.", param="input")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from egemma.engines.base import GenerationStats
+from egemma.engines.base import GenerationStats, SamplingParams
 from egemma.ids import new_id
 from egemma.protocol.responses import ResponsesRequest
 from egemma.services.prompting.types import OutputDelta, ToolSpec
@@ -324,9 +324,10 @@ def new_response(
     effort: str,
     store: bool,
     conversation_id: str | None,
-    temperature: float,
-    top_p: float,
+    params: SamplingParams,
 ) -> dict[str, Any]:
+    """A fresh ``in_progress`` response: every field openai-python's ``Response`` and the Open
+    Responses ``ResponseResource`` declare, sampling fields echoed from ``params``."""
     summary = None
     if req.reasoning is not None:
         summary = req.reasoning.summary or req.reasoning.generate_summary
@@ -357,7 +358,7 @@ def new_response(
         "safety_identifier": req.safety_identifier,
         "service_tier": "default",
         "store": store,
-        "temperature": temperature,
+        "temperature": params.temperature,
         "text": text,
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
         "tools": [
@@ -370,8 +371,10 @@ def new_response(
             }
             for t in tools
         ],
-        "top_logprobs": req.top_logprobs,
-        "top_p": top_p,
+        "top_logprobs": req.top_logprobs or 0,
+        "top_p": params.top_p,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
         "truncation": req.truncation or "disabled",
         "usage": None,
         "user": req.user,

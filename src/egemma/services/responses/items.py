@@ -263,6 +263,16 @@ def _reasoning(raw: Item, param: str) -> Item:
     return item
 
 
+def _compaction(raw: Item, param: str) -> Item:
+    """A ``compaction`` item from ``POST /v1/responses/compact``: its sealed summary is checked
+    by sealing.py and expanded into the prompt by turns.py."""
+    return {
+        "id": _opt_id(raw, param) or new_id("cmp"),
+        "type": "compaction",
+        "encrypted_content": _required_str(raw, "encrypted_content", param),
+    }
+
+
 def _item_reference(raw: Item, param: str) -> Item:
     return {"type": "item_reference", "id": _required_str(raw, "id", param)}
 
@@ -274,6 +284,7 @@ _HANDLERS: dict[str, Callable[[Item, str], Item]] = {
     "custom_tool_call": _custom_tool_call,
     "custom_tool_call_output": _custom_tool_call_output,
     "reasoning": _reasoning,
+    "compaction": _compaction,
     "item_reference": _item_reference,
 }
 

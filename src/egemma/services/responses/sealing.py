@@ -93,12 +93,15 @@ class ReasoningSeal:
         mac = hmac.new(self._secret(), (PREFIX + body).encode("ascii"), hashlib.sha256)
         return _b64(mac.digest())
 
-    def seal(self, text: str) -> str:
-        payload = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8")
+    def seal(self, text: str, *, purpose: str = "reasoning") -> str:
+        """``purpose`` is sealed with the text, so a reasoning value can never be replayed as a
+        compaction summary or the other way round (compaction.py)."""
+        fields = {"text": text} if purpose == "reasoning" else {"text": text, "purpose": purpose}
+        payload = json.dumps(fields, ensure_ascii=False).encode("utf-8")
         body = _b64(zlib.compress(payload, 6))
         return f"{PREFIX}{body}.{self._tag(body)}"
 
-    def open(self, sealed: str, *, param: str) -> str:
+    def open(self, sealed: str, *, param: str, purpose: str = "reasoning") -> str:
         """The reasoning text of ``sealed``; a 400 when it is not a value this server sealed."""
         body, tag = self._split(sealed, param)
         if not hmac.compare_digest(tag, self._tag(body)):
@@ -110,6 +113,8 @@ class ReasoningSeal:
         except (ValueError, zlib.error, binascii.Error):
             raise _invalid(param) from None
         if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+            raise _invalid(param)
+        if value.get("purpose", "reasoning") != purpose:
             raise _invalid(param)
         return str(value["text"])
 
@@ -127,6 +132,10 @@ class ReasoningSeal:
         server's already (and stay readable if the key file is ever replaced)."""
         for index, item in enumerate(new_items):
             sealed = item.get("encrypted_content")
+            if item.get("type") == "compaction" and isinstance(sealed, str):
+                # Verified here with the request's own index; expanded by turns.py.
+                self.open(sealed, param=f"input[{index}].encrypted_content", purpose="compaction")
+                continue
             if item.get("type") != "reasoning" or not isinstance(sealed, str):
                 continue
             text = self.open(sealed, param=f"input[{index}].encrypted_content")

@@ -52,7 +52,7 @@ from egemma.services.responses.tools import (
 )
 from egemma.services.responses.truncation import truncate
 from egemma.services.responses.turns import items_to_turns
-from egemma.settings import Settings
+from egemma.settings import ChatSettings, Settings
 from egemma.store.base import Owner, Store
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class ResponsesService:
         self.runner = runner
         self.seal = ReasoningSeal.from_data_dir(settings.server.data_dir)
 
+    def unseal_compaction(self, sealed: str, param: str) -> str:
+        return self.seal.open(sealed, param=param, purpose="compaction")
+
     # -- preparation --------------------------------------------------------------------------
 
     async def _draft(self, req: ResponsesRequest, records: Store) -> _Draft:
@@ -127,7 +130,8 @@ class ResponsesService:
             effort=effort,
             text=text,
         )
-        turns = await anyio.to_thread.run_sync(items_to_turns, context.items)
+        expand = partial(items_to_turns, unseal=self.unseal_compaction)
+        turns = await anyio.to_thread.run_sync(expand, context.items)
         return _Draft(engine, tools, tool_mode, context, effort, plan, turns, toolset)
 
     async def prepare(self, req: ResponsesRequest, owner: Owner) -> Prepared:
@@ -144,18 +148,7 @@ class ResponsesService:
             plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
         budget = check_context(engine, plan, req.max_output_tokens, chat.max_tokens)
         await check_grammar(engine, plan)
-        temperature = req.temperature if req.temperature is not None else chat.temperature
-        top_p = req.top_p if req.top_p is not None else chat.top_p
-        params = SamplingParams(
-            max_tokens=budget,
-            temperature=temperature,
-            top_p=top_p,
-            min_p=chat.min_p,
-            top_k=chat.top_k,
-            stop_token_ids=plan.stop_token_ids,
-            json_schema=plan.grammar_key(),
-            gbnf=plan.gbnf,
-        )
+        params = sampling_params(req, chat, plan, budget)
         store = req.store is not False
         conversation_id = d.context.conversation_id
         response = new_response(
@@ -166,8 +159,7 @@ class ResponsesService:
             d.effort,
             store,
             conversation_id,
-            temperature,
-            top_p,
+            params,
         )
         summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
         response["tools"] = d.toolset.echo
@@ -296,6 +288,29 @@ class ResponsesService:
             fresh = [i for i in context.new_items if i.get("id") not in known]
             outputs = [dict(item) for item in response["output"]]
             await p.records.conversations.add_items(context.conversation_id, [*fresh, *outputs])
+
+
+def sampling_params(
+    req: ResponsesRequest, chat: ChatSettings, plan: PromptPlan, budget: int
+) -> SamplingParams:
+    """The one conversion of a request's sampling fields to engine params (server defaults
+    where the request is silent); the response object echoes what this returns."""
+
+    def pick(value: float | None, default: float) -> float:
+        return value if value is not None else default
+
+    return SamplingParams(
+        max_tokens=budget,
+        temperature=pick(req.temperature, chat.temperature),
+        top_p=pick(req.top_p, chat.top_p),
+        min_p=chat.min_p,
+        top_k=chat.top_k,
+        presence_penalty=pick(req.presence_penalty, 0.0),
+        frequency_penalty=pick(req.frequency_penalty, 0.0),
+        stop_token_ids=plan.stop_token_ids,
+        json_schema=plan.grammar_key(),
+        gbnf=plan.gbnf,
+    )
 
 
 def _call_problem(item: dict[str, Any], tool: ToolSpec | None) -> str | None:

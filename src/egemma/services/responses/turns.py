@@ -8,6 +8,7 @@ of a tool message).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from egemma.errors import InvalidRequestError
@@ -35,7 +36,14 @@ def _text_of(parts: Any, *, param: str) -> str:
     return "\n".join(t for t in texts if t)
 
 
-def items_to_turns(items: list[Item], *, param: str = "input") -> list[Turn]:
+# How an expanded ``compaction`` item reads to the model (compaction.py wrote the summary).
+COMPACTION_PREFIX = "Summary of the earlier conversation:\n"
+Unseal = Callable[[str, str], str]  # (encrypted_content, param) -> the compaction summary
+
+
+def items_to_turns(
+    items: list[Item], *, param: str = "input", unseal: Unseal | None = None
+) -> list[Turn]:
     turns: list[Turn] = []
     call_names: dict[str, str] = {}
     for i, item in enumerate(items):
@@ -66,6 +74,9 @@ def items_to_turns(items: list[Item], *, param: str = "input") -> list[Turn]:
             text = _text_of(content, param=f"{where}.content")
             if text:
                 turns.append(Turn(kind="reasoning", text=text))
+        elif kind == "compaction" and unseal is not None:
+            summary = unseal(item["encrypted_content"], f"{where}.encrypted_content")
+            turns.append(Turn(kind="user", text=COMPACTION_PREFIX + summary))
         else:
             raise InvalidRequestError(f"Item type '{kind}' cannot be used as input.", param=where)
     return turns
