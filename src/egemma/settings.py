@@ -361,6 +361,12 @@ class UpstreamSettings(BaseSettings):
     connect_timeout: float = Field(
         5.0, gt=0.0, le=300.0, description="Seconds to open a connection to the upstream."
     )
+    probe_path: str = Field(
+        "/health",
+        max_length=256,
+        pattern=r"^/\S*$",
+        description="Path probed for reachability: any answer below HTTP 500 counts as up.",
+    )
     probe_interval: float = Field(
         10.0, ge=0.1, le=3600.0, description="Seconds between reachability probes of the upstream."
     )

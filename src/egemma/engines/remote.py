@@ -18,7 +18,11 @@ Because the prompt travels as text, the upstream re-tokenizes it with special to
 user text that spells a control token (``<|im_end|>``) would become that token there. Such
 text is refused with 400 ``special_token_in_text`` instead of being silently reinterpreted.
 
-A daemon thread probes ``GET /v1/models`` every ``CHAT_UPSTREAM_PROBE_INTERVAL`` seconds;
+A daemon thread probes ``GET CHAT_UPSTREAM_PROBE_PATH`` (``/health``) every
+``CHAT_UPSTREAM_PROBE_INTERVAL`` seconds; any answer below 500 means a server is there (llama-server
+answers 503 while it loads its model; ``llama_cpp.server`` has no ``/health`` and answers 404,
+which is fine: its ``/v1/models`` takes the model lock, and with its default
+``interrupt_requests`` a probe there would cut the running generation short);
 ``/health`` and ``/v1/models`` read its last result (no request waits for it). ``admit``
 refuses with 503 + ``Retry-After`` while the upstream is known to be down, re-probing on demand
 at most once a second so a recovered upstream is used at once.
@@ -72,7 +76,7 @@ class UpstreamProbe:
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self._settings = settings
-        self._url = settings.url.rstrip("/") + "/v1/models"
+        self._url = settings.url.rstrip("/") + settings.probe_path
         self.state: dict[str, Any] = {"reachable": None, "checked_at": None, "reason": None}
         self.listener: ProbeListener | None = None
         self._lock = threading.Lock()
@@ -102,7 +106,7 @@ class UpstreamProbe:
             timeout = httpx.Timeout(self._settings.connect_timeout)
             try:
                 reply = httpx.get(self._url, headers=_headers(self._settings), timeout=timeout)
-                reason = None if reply.status_code == 200 else f"HTTP {reply.status_code}"
+                reason = None if reply.status_code < 500 else f"HTTP {reply.status_code}"
             except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__}"
             self.record(reason is None, reason)
@@ -398,8 +402,10 @@ class RemoteTokenStream:
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
-                if not saw_reason:  # ended without saying why: not the token budget
-                    stats.finish_reason = "stop"
+                if not saw_reason:
+                    # llama_cpp.server ends an interrupted generation like this (its
+                    # interrupt_requests): a cut answer, not a finished one.
+                    raise UpstreamError("The model server ended the answer without a reason.")
                 return
             choice = (json.loads(data).get("choices") or [{}])[0]
             text = choice.get("text") or ""
