@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import KEY, Server, log, row  # noqa: E402
-
 from tests.upstream import Upstream  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"

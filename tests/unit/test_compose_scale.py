@@ -46,5 +46,6 @@ def test_nginx_streams_sse_to_both_replicas() -> None:
     assert re.search(r"server egemma-2:8000\b", conf)
     assert re.search(r"^\s*proxy_buffering off;", conf, re.M)
     read = re.search(r"^\s*proxy_read_timeout (\d+)s;", conf, re.M)
-    assert read is not None and int(read.group(1)) >= 600
+    assert read is not None
+    assert int(read.group(1)) >= 600
     assert re.search(r"^\s*proxy_http_version 1\.1;", conf, re.M)
