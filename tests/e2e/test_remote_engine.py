@@ -228,7 +228,7 @@ def test_upstream_down_then_back(remote: LiveServer, upstream: Upstream) -> None
         assert httpx.get(f"{remote.base_url}/ready").status_code == 503
     finally:
         upstream.start()
-    resp = httpx.post(f"{remote.base_url}/v1/responses", json=body, headers=AUTH, timeout=60)
+    resp = httpx.post(f"{remote.base_url}/v1/responses", json=body, headers=AUTH, timeout=600)
     assert resp.status_code == 200, resp.text
     assert resp.json()["status"] in ("completed", "incomplete")
     wait_for(lambda: chat_health(remote)["status"] == "loaded", "/health to recover")

@@ -82,6 +82,7 @@ class UpstreamProbe:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checked = 0.0
 
     @property
     def reachable(self) -> bool | None:
@@ -107,6 +108,11 @@ class UpstreamProbe:
             try:
                 reply = httpx.get(self._url, headers=_headers(self._settings), timeout=timeout)
                 reason = None if reply.status_code < 500 else f"HTTP {reply.status_code}"
+            except httpx.ReadTimeout:
+                # It accepted the connection but is slow to answer (a loaded machine): up. A
+                # hung generation is caught by CHAT_UPSTREAM_TIMEOUT, not here.
+                self.record(True, "slow to answer the probe")
+                return True
             except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__}"
             self.record(reason is None, reason)
@@ -130,7 +136,7 @@ class UpstreamProbe:
                 self.listener(reachable, reason)
 
     def stale(self) -> bool:
-        return time.monotonic() - getattr(self, "_checked", 0.0) >= ON_DEMAND_PROBE_SECONDS
+        return time.monotonic() - self._checked >= ON_DEMAND_PROBE_SECONDS
 
     def stop(self) -> None:
         self._stop.set()
