@@ -32,8 +32,8 @@ from tests.upstream import Upstream  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 CLIENTS = 4
-REQUESTS = 12  # per side, after one warm-up request per replica
-TOKENS = 16
+REQUESTS = 6  # per side and round, after one warm-up request per replica
+TOKENS = 8
 
 
 def one(url: str, i: int) -> None:
