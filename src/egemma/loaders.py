@@ -12,7 +12,8 @@ from pathlib import Path
 
 import anyio
 
-from egemma.modelfiles import ModelFileError, check_gguf, resolve
+from egemma.engines.base import CapabilityStatus, ChatEngine
+from egemma.modelfiles import ModelFileError, ResolvedModel, check_gguf, resolve
 from egemma.runtime import Engines
 from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
@@ -38,9 +39,12 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
     errors: list[str] = []
     for name, spec, setting in settings.chat.models():
         try:
-            model = resolve(spec, setting, settings.server.models_root)
-            check_gguf(model.path)
-            engine = LlamaChatEngine.load(name, model.path, settings.chat)
+            if setting == "CHAT_MODEL_PATH" and settings.upstream.url:
+                engine, model = load_remote(name, spec, settings)
+            else:
+                model = resolve(spec, setting, settings.server.models_root)
+                check_gguf(model.path)
+                engine = LlamaChatEngine.load(name, model.path, settings.chat)
         except (ModelFileError, ValueError, OSError) as exc:
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
@@ -67,6 +71,48 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
     status.context_length = default.n_ctx
     status.reason = "; ".join(errors) or None
     status.detail = {"models": sorted(engines.chat), "path": default.identity}
+    watch_remote(engines, status)
+
+
+def load_remote(name: str, spec: str, settings: Settings) -> tuple[ChatEngine, ResolvedModel]:
+    """The main chat model on ``CHAT_UPSTREAM_URL``: its vocabulary and template read locally
+    from ``CHAT_UPSTREAM_TOKENIZER`` (default: the ``CHAT_MODEL_PATH`` GGUF, vocab only)."""
+    from egemma.engines.remote import RemoteChatEngine
+
+    upstream = settings.upstream
+    if upstream.tokenizer:
+        spec, setting = upstream.tokenizer, "CHAT_UPSTREAM_TOKENIZER"
+    else:
+        setting = "CHAT_MODEL_PATH"
+    model = resolve(spec, setting, settings.server.models_root)
+    check_gguf(model.path)
+    engine = RemoteChatEngine.load(name, model.path, settings.chat, upstream)
+    if "<|channel|>" in (engine.chat_template or "") or engine.architecture == "gpt-oss":
+        engine.close()
+        raise ValueError("CHAT_UPSTREAM_URL: Harmony models (gpt-oss) are not supported remotely")
+    return engine, model
+
+
+def watch_remote(engines: Engines, status: CapabilityStatus) -> None:
+    """A remote default model: its reachability shows in ``/health`` and flips the capability
+    (``error`` while the upstream is unreachable, so ``/ready`` is 503 there too)."""
+    from egemma.engines.remote import RemoteChatEngine
+
+    default = engines.chat.get(engines.chat_default or "")
+    if not isinstance(default, RemoteChatEngine):
+        return
+    status.detail.update(
+        engine="remote", path=str(default.tokenizer_path), upstream=default.probe.state
+    )
+    loaded_reason = status.reason
+
+    def changed(reachable: bool, reason: str | None) -> None:
+        status.status = "loaded" if reachable else "error"
+        status.reason = loaded_reason if reachable else f"upstream unreachable: {reason}"
+
+    default.probe.listener = changed
+    if default.probe.reachable is not True:
+        changed(False, default.probe.state["reason"])
 
 
 def load_summary(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:

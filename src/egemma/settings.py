@@ -395,6 +395,48 @@ def _derive_name(spec: str) -> str:
     return stem or "chat"
 
 
+class UpstreamSettings(BaseSettings):
+    """A remote chat engine: the main chat model served by an OpenAI-compatible model server
+    (llama.cpp's llama-server, llama-cpp-python's ``llama_cpp.server``) instead of in-process."""
+
+    model_config = _config("CHAT_UPSTREAM_")
+
+    url: str = Field(
+        "",
+        max_length=2048,
+        pattern=r"^(https?://\S+)?$",
+        description="Base URL of the model server (e.g. http://gpu-box:8080); empty: local.",
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key the model server expects.")
+    model: str = Field(
+        "", max_length=256, description="Model name sent upstream (default: the served name)."
+    )
+    tokenizer: str = Field(
+        "",
+        max_length=4096,
+        description="GGUF whose vocabulary and chat template are read locally (vocab only, "
+        "no weights); empty: CHAT_MODEL_PATH.",
+    )
+    timeout: float = Field(
+        300.0, gt=0.0, le=3600.0, description="Seconds the upstream may take between two tokens."
+    )
+    connect_timeout: float = Field(
+        5.0, gt=0.0, le=300.0, description="Seconds to open a connection to the upstream."
+    )
+    probe_path: str = Field(
+        "/health",
+        max_length=256,
+        pattern=r"^/\S*$",
+        description="Path probed for reachability: any answer below HTTP 500 counts as up.",
+    )
+    probe_interval: float = Field(
+        10.0, ge=0.1, le=3600.0, description="Seconds between reachability probes of the upstream."
+    )
+    concurrency: int = Field(
+        4, ge=1, le=1024, description="Generations this replica sends upstream at once."
+    )
+
+
 GROUPS: dict[str, type[BaseSettings]] = {
     "server": ServerSettings,
     "chat": ChatSettings,
@@ -405,6 +447,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "limits": LimitSettings,
     "ast": AstSettings,
     "cache": CacheSettings,
+    "upstream": UpstreamSettings,
 }
 
 
@@ -431,6 +474,7 @@ class Settings:
     limits: LimitSettings
     ast: AstSettings
     cache: CacheSettings
+    upstream: UpstreamSettings
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """Every group as JSON-ready data with secrets replaced by ``***``."""

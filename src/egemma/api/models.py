@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from egemma.api.deps import StateDep
-from egemma.services.model_catalog import codex_model_info
+from egemma.services.model_catalog import codex_model_info, serving_info
 from egemma.services.prompting.formats import detect_family
 
 router = APIRouter(tags=["models"])
@@ -41,9 +41,10 @@ async def list_models(
         if capability not in entry["capabilities"]:
             entry["capabilities"].append(capability)
 
-    for name in engines.chat:
+    for name, engine in engines.chat.items():
         add(name, "responses")
         add(name, "chat.completions")
+        data[name].update(serving_info(engine))
     if engines.summary is not None:
         add(engines.summary.name, "summarize")
     if engines.embedding is not None:

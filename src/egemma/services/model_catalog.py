@@ -62,3 +62,12 @@ def codex_model_info(
         "input_modalities": ["text"],
         "supports_search_tool": False,
     }
+
+
+def serving_info(engine: ChatEngine) -> dict[str, Any]:
+    """Where a chat model runs, for ``/v1/models``: ``remote`` models (``CHAT_UPSTREAM_URL``)
+    also say whether their upstream answered its last probe (``null``: not probed yet)."""
+    probe = getattr(engine, "probe", None)
+    if not getattr(engine, "remote", False) or probe is None:
+        return {"remote": False}
+    return {"remote": True, "upstream_reachable": probe.state["reachable"]}
