@@ -155,6 +155,7 @@ class ResponsesService:
             stop_token_ids=plan.stop_token_ids,
             json_schema=plan.grammar_key(),
             gbnf=plan.gbnf,
+            grammar_parts=plan.grammar_parts,
         )
         store = req.store is not False
         conversation_id = d.context.conversation_id
