@@ -240,9 +240,25 @@ def write_model(folder: Path, special: dict[int, str]) -> None:
     torch.manual_seed(SEED)
     model = GptOssForCausalLM(config).to(torch.float32)
     with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.5)
+        for name, param in model.named_parameters():
+            # Blocks write small updates, so the residual stream stays close to the embedding.
+            small = "o_proj" in name or "down_proj" in name
+            param.normal_(0.0, 0.02 if small else 0.5)
+        favour_turn_ends(model, ids)
     model.save_pretrained(folder, safe_serialization=True)
+
+
+def favour_turn_ends(model: object, ids: dict[str, int]) -> None:
+    """Give every hidden state one constant direction that only <|end|>, <|return|> and <|call|>
+    read, so they win wherever the grammar allows them: a random-weight turn then ends after a
+    few tokens instead of running to the token cap (the tests stay fast, the structure real)."""
+    embed = model.model.embed_tokens.weight  # type: ignore[attr-defined]
+    head = model.lm_head.weight  # type: ignore[attr-defined]
+    embed[:, 0] = 5.0
+    head[:, 0] = 0.0
+    for token, weight in (("<|end|>", 3.2), ("<|return|>", 3.2), ("<|call|>", 3.0)):
+        head[ids[token]] = 0.0
+        head[ids[token], 0] = weight
 
 
 # --------------------------------------------------------------------------------------------

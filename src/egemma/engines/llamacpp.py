@@ -57,7 +57,11 @@ def _splice(frame: str, parts: Sequence[tuple[str, str]]) -> str:
     )
     for name, schema in parts:
         converter.visit(converter.resolve_refs(json.loads(schema), "stdin"), name)
-    return frame + converter.format_grammar()
+    rules = converter.format_grammar()
+    # Token pieces are matched as text, so a string character could be a control token
+    # ("<|end|>" ends the message mid-argument): inside a Harmony turn no "<" is followed by "|".
+    rules = rules.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\<] | "<"+ [^"\\\\<|] |', 1)
+    return frame + rules
 
 
 def _property_order(schema: Any) -> list[str]:

@@ -8,6 +8,7 @@ tool's ``parameters``; ``text.format`` json_schema/json_object makes the answer 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from functools import partial
@@ -160,6 +161,10 @@ class HarmonyPrompter:
         else:
             # The whole turn: analysis, then a final answer (JSON if asked) or any offered call.
             frame = self.grammar.frame(offered, effort=effort, text=text)
+        if schema is not None:
+            # Through a frame too, so the engine keeps control tokens out of JSON strings.
+            frame = GrammarFrame("root ::= part-0\n", (("part-0", json.dumps(schema)),))
+            schema = None
         if frame is not None:
             gbnf = frame.gbnf
         encoding = self.encoding
