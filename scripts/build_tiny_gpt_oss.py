@@ -255,6 +255,7 @@ def favour_turn_ends(model: object, ids: dict[str, int]) -> None:
     embed = model.model.embed_tokens.weight  # type: ignore[attr-defined]
     head = model.lm_head.weight  # type: ignore[attr-defined]
     embed[:, 0] = 5.0
+    model.model.norm.weight[0] = 1.0  # type: ignore[attr-defined]  # keep its sign
     head[:, 0] = 0.0
     for token, weight in (("<|end|>", 3.2), ("<|return|>", 3.2), ("<|call|>", 3.0)):
         head[ids[token]] = 0.0

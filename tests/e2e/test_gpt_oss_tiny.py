@@ -88,7 +88,7 @@ def client(gpt_oss_server: LiveServer) -> OpenAI:
 
 
 def _create(client: OpenAI, **body: Any) -> dict[str, Any]:
-    body.setdefault("max_output_tokens", 256)
+    body.setdefault("max_output_tokens", 64)
     return client.responses.create(model=MODEL, **body).model_dump()
 
 
@@ -107,7 +107,7 @@ def test_turn_is_reasoning_then_a_final_message(client: OpenAI) -> None:
 def test_streamed_events_are_in_order(client: OpenAI) -> None:
     events = []
     with client.responses.stream(
-        model=MODEL, input="Hi.", reasoning={"effort": "low"}, max_output_tokens=256
+        model=MODEL, input="Hi.", reasoning={"effort": "low"}, max_output_tokens=64
     ) as stream:
         events = [event.type for event in stream]
     assert events[:2] == ["response.created", "response.in_progress"]
