@@ -82,9 +82,7 @@ def gpt_oss_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSer
 
 @pytest.fixture
 def client(gpt_oss_server: LiveServer) -> OpenAI:
-    return OpenAI(
-        base_url=f"{gpt_oss_server.base_url}/v1", api_key=KEY, max_retries=0, timeout=300
-    )
+    return OpenAI(base_url=f"{gpt_oss_server.base_url}/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
 def _create(client: OpenAI, **body: Any) -> dict[str, Any]:
@@ -121,7 +119,9 @@ def test_streamed_events_are_in_order(client: OpenAI) -> None:
 
 def test_required_over_several_tools_calls_one_of_them(client: OpenAI) -> None:
     out = _create(
-        client, input="Weather in Oslo, or add numbers?", tools=[WEATHER, ADD],
+        client,
+        input="Weather in Oslo, or add numbers?",
+        tools=[WEATHER, ADD],
         tool_choice="required",
     )
     calls = [i for i in out["output"] if i["type"] == "function_call"]
@@ -178,7 +178,9 @@ def test_custom_tool_with_a_regex_grammar(client: OpenAI) -> None:
     else:
         assert set(json.loads(calls[0]["arguments"])) == {"a", "b"}
     forced = _create(
-        client, input="Open a ticket.", tools=[TICKET],
+        client,
+        input="Open a ticket.",
+        tools=[TICKET],
         tool_choice={"type": "custom", "name": "ticket"},
     )
     call = forced["output"][-1]

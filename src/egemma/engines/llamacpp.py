@@ -52,12 +52,12 @@ def _splice(frame: str, parts: Sequence[tuple[str, str]]) -> str:
     from llama_cpp.llama_grammar import SchemaConverter
 
     order = {name: i for i, name in enumerate(_property_order([json.loads(s) for _, s in parts]))}
-    converter = SchemaConverter(
+    converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
         prop_order=order, allow_fetch=False, dotall=False, raw_pattern=False
     )
     for name, schema in parts:
         converter.visit(converter.resolve_refs(json.loads(schema), "stdin"), name)
-    rules = converter.format_grammar()
+    rules: str = converter.format_grammar()
     # Token pieces are matched as text, so a string character could be a control token
     # ("<|end|>" ends the message mid-argument): inside a Harmony turn no "<" is followed by "|".
     rules = rules.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\<] | "<"+ [^"\\\\<|] |', 1)

@@ -58,7 +58,7 @@ def _rename(gbnf: str, prefix: str) -> str:
     i = 0
     while i < len(gbnf):
         c = gbnf[i]
-        if c in "\"[<":
+        if c in '"[<':
             close = {'"': '"', "[": "]", "<": ">"}[c]
             j = i + 1
             while j < len(gbnf) and gbnf[j] != close:
