@@ -67,6 +67,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     json_schema: str | None = None
     gbnf: str | None = None
+    grammar_parts: tuple[tuple[str, str], ...] = ()
+    """With ``gbnf``: (rule name, canonical JSON Schema) pairs the engine converts into rules of
+    that name, which ``gbnf`` references (a Harmony turn's tool arguments)."""
 
 
 @dataclass(frozen=True)

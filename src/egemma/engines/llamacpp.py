@@ -46,6 +46,24 @@ GRAMMAR_CACHE_SIZE = 64
 MAX_GBNF_BYTES = 4 * 1024 * 1024
 
 
+def _splice(frame: str, parts: Sequence[tuple[str, str]]) -> str:
+    """``frame`` (GBNF with ``root``) plus each JSON Schema converted into rules named after it;
+    one converter, so the shared primitives (``space``, ``string``…) are written once."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    order = {name: i for i, name in enumerate(_property_order([json.loads(s) for _, s in parts]))}
+    converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order=order, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    for name, schema in parts:
+        converter.visit(converter.resolve_refs(json.loads(schema), "stdin"), name)
+    rules: str = converter.format_grammar()
+    # Token pieces are matched as text, so a string character could be a control token
+    # ("<|end|>" ends the message mid-argument): inside a Harmony turn no "<" is followed by "|".
+    rules = rules.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\<] | "<"+ [^"\\\\<|] |', 1)
+    return frame + rules
+
+
 def _property_order(schema: Any) -> list[str]:
     order: list[str] = []
     stack = [schema]
@@ -211,7 +229,10 @@ class LlamaChatEngine:
         stop token, the token budget, or ``cancel`` (checked before every token)."""
         prompt, params, cancel = request.prompt, request.params, request.cancel
         grammar = None
-        if params.gbnf is not None:
+        if params.gbnf is not None and params.grammar_parts:
+            framed = _splice(params.gbnf, params.grammar_parts)
+            grammar = self._grammar("gbnf:" + framed, framed)
+        elif params.gbnf is not None:
             grammar = self._grammar("gbnf:" + params.gbnf, params.gbnf)
         elif params.json_schema is not None:
             grammar = self._grammar(params.json_schema)

@@ -8,6 +8,7 @@ tool's ``parameters``; ``text.format`` json_schema/json_object makes the answer 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from functools import partial
@@ -18,6 +19,7 @@ import anyio
 
 from egemma.engines.base import ChatEngine
 from egemma.services.prompting import harmony, templates
+from egemma.services.prompting.harmony_grammar import GrammarFrame, HarmonyGrammar
 from egemma.services.prompting.plan import Prompter, PromptPlan
 from egemma.services.prompting.schemas import bound_schema, call_schema, text_format_schema
 from egemma.services.prompting.segments import tokenize_rendered
@@ -112,6 +114,9 @@ class HarmonyPrompter:
     def __init__(self, models_root: Path) -> None:
         self.encoding = harmony.load_encoding(harmony.ensure_harmony_vocab(models_root))
         self.stop_ids = tuple(harmony.stop_token_ids(self.encoding))
+        self.grammar = HarmonyGrammar(
+            {t: self._encode(t)[0] for t in self.encoding.special_tokens_set}
+        )
 
     def _encode(self, text: str) -> list[int]:
         return list(self.encoding.encode(text, allowed_special="all"))
@@ -132,6 +137,7 @@ class HarmonyPrompter:
         schema: dict[str, Any] | None = None
         gbnf: str | None = None
         prefill: list[int] = []
+        frame: GrammarFrame | None = None
         if tool_mode.mode == "required" and len(offered) == 1 and offered[0].kind == "custom":
             # Free-form input: the message body is the input itself, under its grammar if any.
             prefill = self._encode(
@@ -146,11 +152,21 @@ class HarmonyPrompter:
             )
             schema = bound_schema(tool.parameters or {"type": "object"})
         elif tool_mode.mode == "required":
+            # Several tools: the grammar picks one of their names and constrains its input.
             prefill = self._encode("<|channel|>commentary to=functions.")
-        else:
+            frame = self.grammar.call_choice(offered)
+        elif text_format_schema(text) is not None and not offered:
             schema = text_format_schema(text)
-            if schema is not None:
-                prefill = self._encode("<|channel|>final<|message|>")
+            prefill = self._encode("<|channel|>final<|message|>")
+        else:
+            # The whole turn: analysis, then a final answer (JSON if asked) or any offered call.
+            frame = self.grammar.frame(offered, effort=effort, text=text)
+        if schema is not None:
+            # Through a frame too, so the engine keeps control tokens out of JSON strings.
+            frame = GrammarFrame("root ::= part-0\n", (("part-0", json.dumps(schema)),))
+            schema = None
+        if frame is not None:
+            gbnf = frame.gbnf
         encoding = self.encoding
 
         def parser() -> OutputParser:
@@ -165,6 +181,7 @@ class HarmonyPrompter:
             prefill=prefill,
             family="harmony",
             gbnf=gbnf,
+            grammar_parts=frame.parts if frame is not None else (),
         )
 
 

@@ -28,6 +28,9 @@ class PromptPlan:
     family: str = "template"
     gbnf: str | None = None
     """A GBNF grammar (a custom tool's input) instead of ``json_schema``."""
+    grammar_parts: tuple[tuple[str, str], ...] = ()
+    """JSON Schemas (name, canonical JSON) the ``gbnf`` frame references by rule name; the
+    engine converts each and splices it in (a whole Harmony turn: ``harmony_grammar.py``)."""
 
     def grammar_key(self) -> str | None:
         """The schema as the canonical JSON text engines build (and cache) grammars from."""

@@ -310,6 +310,7 @@ def sampling_params(
         stop_token_ids=plan.stop_token_ids,
         json_schema=plan.grammar_key(),
         gbnf=plan.gbnf,
+        grammar_parts=plan.grammar_parts,
     )
 
 

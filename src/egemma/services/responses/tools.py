@@ -214,13 +214,15 @@ def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
 async def check_grammar(engine: ChatEngine, plan: PromptPlan) -> None:
     """The engine builds the plan's grammar before admission: what it cannot is a 400 here,
     not a failed generation later."""
+    keys = [key for _, key in plan.grammar_parts]
     key = plan.grammar_key()
-    if key is None:
-        return
-    try:
-        await anyio.to_thread.run_sync(engine.check_grammar, key)
-    except GrammarError as exc:
-        raise InvalidRequestError(str(exc), code="unsupported_schema") from None
+    if key is not None:
+        keys.append(key)
+    for key in keys:
+        try:
+            await anyio.to_thread.run_sync(engine.check_grammar, key)
+        except GrammarError as exc:
+            raise InvalidRequestError(str(exc), code="unsupported_schema") from None
 
 
 def check_text_format(text: dict[str, Any] | None) -> None:
