@@ -50,7 +50,22 @@ async def list_models(
         add(engines.embedding.name, "embeddings")
     if engines.gemini is not None:
         add(state.settings.gemini.default_model, "summarize")
+    registry = engines.registry
+    if registry is not None:
+        # Extra fields only (OpenAI's shape stays): state and memory of each configured model.
+        for entry in registry.entries.values():
+            if entry.id in data:
+                described = entry.describe()
+                data[entry.id].update(
+                    state=described["state"],
+                    loaded=described["loaded"],
+                    available=entry.estimate <= registry.budget,
+                    memory=described["memory"],
+                )
     listing: dict[str, Any] = {"object": "list", "data": list(data.values())}
+    if registry is not None:
+        listing["memory_budget_bytes"] = registry.budget
+        listing["memory_used_bytes"] = registry.used
     if client_version is not None:
         chat = state.settings.chat
         listing["models"] = [

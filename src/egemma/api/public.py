@@ -69,6 +69,8 @@ async def health(request: Request) -> dict[str, Any]:
         body[legacy] = _entry(engines, key, full)
         states.append(body[legacy]["status"])
     body["store"] = _store_entry(state.store)
+    if engines.registry is not None:
+        body["models"] = engines.registry.describe()
     states.append(body["store"]["status"])
     if state.draining:
         overall = "draining"
