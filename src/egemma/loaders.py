@@ -157,7 +157,9 @@ def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats
         return
     engines.embedding = engine
     measured, seconds = max(0, rss_bytes() - before), time.monotonic() - started
-    pinned_embedding(_registry(settings, engines), engine.name, model.path, engine, measured, seconds)
+    pinned_embedding(
+        _registry(settings, engines), engine.name, model.path, engine, measured, seconds
+    )
     status.name = engine.name
     status.status = "loaded"
     status.context_length = engine.max_length

@@ -64,7 +64,9 @@ class VocabModel:
                 json_schema, prop_order=_property_order(json.loads(json_schema))
             )
         except Exception as exc:  # the converter raises anything from KeyError to RecursionError
-            raise GrammarError(f"llama.cpp cannot build a grammar from this schema: {exc}") from None
+            raise GrammarError(
+                f"llama.cpp cannot build a grammar from this schema: {exc}"
+            ) from None
         if len(gbnf) > MAX_GBNF_BYTES:
             raise GrammarError(f"The schema's grammar exceeds {MAX_GBNF_BYTES} bytes.")
         sampler = self._llama_cpp.llama_sampler_init_grammar(

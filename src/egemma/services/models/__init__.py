@@ -1,1 +1,1 @@
-"""The model registry: which models are configured, loaded or swapped out, within a memory budget."""
+"""The model registry: configured, loaded and swapped-out models within a memory budget."""

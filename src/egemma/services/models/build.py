@@ -79,12 +79,19 @@ def pinned_embedding(
             pinned=True,
         )
     )
-    entry.engine, entry.state, entry.measured, entry.load_seconds = engine, "loaded", measured, seconds
+    entry.engine, entry.state, entry.measured, entry.load_seconds = (
+        engine,
+        "loaded",
+        measured,
+        seconds,
+    )
     registry.loads += 1
     registry.load_seconds_total += seconds
 
 
-def preload_ids(settings: ModelSettings, registry: ModelRegistry, main_chat: str | None) -> list[str]:
+def preload_ids(
+    settings: ModelSettings, registry: ModelRegistry, main_chat: str | None
+) -> list[str]:
     wanted = settings.preload()
     ids = []
     for entry in registry.entries.values():
