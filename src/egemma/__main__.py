@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from egemma import __version__
@@ -121,11 +122,44 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
         try:
             model = resolve(spec, setting, root, want_dir=want_dir)
             entry.update(path=str(model.path), origin=model.origin, status="ok")
+            entry.update(_memory_estimate(settings, capability, model.path))
         except ModelFileError as exc:
             entry.update(status="error", reason=str(exc))
         entries.append(entry)
+    budget = _budget(settings)
+    for entry in entries:
+        if "estimated_bytes" in entry:
+            entry["fits_memory_budget"] = entry["estimated_bytes"] <= budget
+    print(f"memory budget (MODEL_MEMORY_BUDGET): {budget} bytes", file=sys.stderr)
     print(json.dumps(entries, indent=2))
     return 0 if all(e["status"] == "ok" for e in entries) else 1
+
+
+def _budget(settings: Settings) -> int:
+    from egemma.services.models.build import build_registry
+
+    return build_registry(settings.models).budget
+
+
+def _memory_estimate(settings: Settings, capability: str, path: Path) -> dict[str, Any]:
+    """What loading the model would take (GGUF header; ONNX folder size), without loading it."""
+    from egemma.services.models.build import folder_bytes
+    from egemma.services.models.gguf import GgufError, estimate
+
+    if capability == "embeddings":
+        return {"estimated_bytes": folder_bytes(path)}
+    n_ctx = settings.summary.n_ctx if capability == "summary" else settings.chat.n_ctx
+    try:
+        est = estimate(path, n_ctx, settings.chat.n_batch)
+    except (GgufError, OSError) as exc:
+        return {"estimate_error": str(exc)}
+    return {
+        "estimated_bytes": est.total,
+        "weights_bytes": est.weights,
+        "kv_cache_bytes": est.kv_cache,
+        "compute_bytes": est.compute,
+        "n_ctx": est.n_ctx,
+    }
 
 
 def cmd_prepare_models(settings: Settings, _: argparse.Namespace) -> int:

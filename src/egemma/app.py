@@ -19,6 +19,7 @@ from egemma.api import (
     conversations,
     embeddings,
     metrics,
+    model_admin,
     models,
     personas,
     public,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 # Routers that need the key; auth is attached once, when they are mounted (deny by default).
 PROTECTED: tuple[APIRouter, ...] = (
     models.router,
+    model_admin.router,
     responses.router,
     chat.router,
     conversations.router,

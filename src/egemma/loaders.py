@@ -8,6 +8,7 @@ inside the loader, so a missing extra is a capability error, not a crash.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import anyio
@@ -15,6 +16,8 @@ import anyio
 from egemma.engines.base import CapabilityStatus, ChatEngine
 from egemma.modelfiles import ModelFileError, ResolvedModel, check_gguf, resolve
 from egemma.runtime import Engines
+from egemma.services.models.build import build_registry, managed_chat, pinned_embedding, preload
+from egemma.services.models.registry import ModelRegistry, rss_bytes
 from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
 
@@ -34,8 +37,7 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
     if not settings.chat.model_enabled:
         status.status = "disabled"
         return
-    from egemma.engines.llamacpp import LlamaChatEngine
-
+    registry = _registry(settings, engines)
     errors: list[str] = []
     for name, spec, setting in settings.chat.models():
         try:
@@ -44,7 +46,8 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
             else:
                 model = resolve(spec, setting, settings.server.models_root)
                 check_gguf(model.path)
-                engine = LlamaChatEngine.load(name, model.path, settings.chat)
+                # Registered, not loaded: the registry loads it at startup (CHAT_PRELOAD) or on use.
+                engine = managed_chat(registry, name, model.path, settings.chat, "chat")
         except (ModelFileError, ValueError, OSError) as exc:
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
@@ -56,6 +59,7 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
         except Exception as exc:  # HarmonyVocabError, jinja2 TemplateSyntaxError, …
             prompts.forget(engine)
             engine.close()
+            registry.entries.pop(name, None)
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
             continue
@@ -128,8 +132,6 @@ def load_summary(settings: Settings, engines: Engines, prompts: PromptFormats) -
             return
         engines.summary = shared
     else:
-        from egemma.engines.llamacpp import LlamaChatEngine
-
         try:
             model = resolve(
                 settings.summary.model_path, "SUMMARY_MODEL_PATH", settings.server.models_root
@@ -138,7 +140,9 @@ def load_summary(settings: Settings, engines: Engines, prompts: PromptFormats) -
             chat = settings.chat.model_copy(
                 update={"n_ctx": settings.summary.n_ctx, "queue_size": 64}
             )
-            summary = LlamaChatEngine.load(Path(model.path).stem, model.path, chat)
+            summary = managed_chat(
+                _registry(settings, engines), Path(model.path).stem, model.path, chat, "summary"
+            )
         except (ModelFileError, ValueError, OSError) as exc:
             _fail(engines, "local_summarization", str(exc))
             return
@@ -191,12 +195,17 @@ def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats
     except ImportError as exc:
         _fail(engines, "embeddings", f"ONNX engine unavailable: {exc.name} is not installed")
         return
+    before, started = rss_bytes(), time.monotonic()
     try:
         engine = OnnxEmbeddingEngine.load(model.path, settings.embedding)
     except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
         _fail(engines, "embeddings", f"EMBEDDING_MODEL_PATH: cannot load {model.path.name}: {exc}")
         return
     engines.embedding = engine
+    measured, seconds = max(0, rss_bytes() - before), time.monotonic() - started
+    pinned_embedding(
+        _registry(settings, engines), engine.name, model.path, engine, measured, seconds
+    )
     status.name = engine.name
     status.status = "loaded"
     status.context_length = engine.max_length
@@ -216,3 +225,11 @@ async def load_all(settings: Settings, engines: Engines, prompts: PromptFormats)
     """Run every loader off the event loop, one after the other (they share the CPU)."""
     for loader in LOADERS:
         await anyio.to_thread.run_sync(loader, settings, engines, prompts)
+    if engines.registry is not None:
+        await preload(settings.models, engines.registry, engines.chat_default)
+
+
+def _registry(settings: Settings, engines: Engines) -> ModelRegistry:
+    if engines.registry is None:
+        engines.registry = build_registry(settings.models)
+    return engines.registry

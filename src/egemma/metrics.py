@@ -110,6 +110,7 @@ class StateCollector(Collector):
         yield from self._queues()
         yield from self._caches()
         yield from self._capabilities()
+        yield from registry_metrics(self.state.engines.registry)
         draining = GaugeMetricFamily("egemma_draining", "1 while the server shuts down.")
         draining.add_metric([], 1.0 if self.state.draining else 0.0)
         yield draining
@@ -220,3 +221,32 @@ class Metrics:
             elapsed = time.monotonic() - first
             if elapsed > 0:
                 self.tokens_per_second.labels(model).observe((output - 1) / elapsed)
+
+
+def registry_metrics(registry: Any) -> Iterator[Metric]:
+    """Loads, unloads, evictions and load seconds of the model registry, and its memory."""
+    if registry is None:
+        return
+    for name, help_, value in (
+        ("egemma_model_loads", "Models loaded (startup, first use, admin).", registry.loads),
+        ("egemma_model_unloads", "Models unloaded (eviction, idle, admin).", registry.unloads),
+        ("egemma_model_evictions", "Idle models unloaded to fit another.", registry.evictions),
+        ("egemma_model_load_failures", "Model loads that failed.", registry.load_failures),
+        ("egemma_model_load_seconds", "Seconds spent loading models.", registry.load_seconds_total),
+    ):
+        counter = CounterMetricFamily(name, help_)
+        counter.add_metric([], float(value))
+        yield counter
+    for name, help_, value in (
+        ("egemma_model_memory_budget_bytes", "MODEL_MEMORY_BUDGET.", registry.budget),
+        ("egemma_model_memory_used_bytes", "Estimated bytes of loaded models.", registry.used),
+    ):
+        gauge = GaugeMetricFamily(name, help_)
+        gauge.add_metric([], float(value))
+        yield gauge
+    state = GaugeMetricFamily(
+        "egemma_model_state", "1 for each configured model's state.", labels=["model", "state"]
+    )
+    for entry in registry.entries.values():
+        state.add_metric([entry.id, entry.state], 1.0)
+    yield state

@@ -13,6 +13,7 @@ from egemma.engines.base import CapabilityStatus, ChatEngine, EmbeddingEngine
 
 if TYPE_CHECKING:
     from egemma.engines.gemini import GeminiBackend
+    from egemma.services.models.registry import ModelRegistry
 
 # Health keys kept from the original /health so existing readers carry on.
 CAPABILITIES = {
@@ -33,6 +34,9 @@ class Engines:
     gemini: GeminiBackend | None = None
     embedding: EmbeddingEngine | None = None
     status: dict[str, CapabilityStatus] = field(default_factory=dict)
+    # Loads, evicts and unloads the chat/summary models on demand (services/models); None when
+    # the engines were passed in (tests with fakes).
+    registry: ModelRegistry | None = None
 
     def capability(self, key: str) -> CapabilityStatus:
         if key not in self.status:
@@ -48,6 +52,8 @@ class Engines:
         return list(seen.values())
 
     def close(self) -> None:
+        if self.registry is not None:
+            self.registry.close_all()
         for engine in self.chat_engines():
             engine.close()
         if self.gemini is not None:

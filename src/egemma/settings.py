@@ -373,6 +373,81 @@ class AstSettings(BaseSettings):
     )
 
 
+class ModelSettings(BaseSettings):
+    """The model registry: which models load at startup, idle unload, the memory budget."""
+
+    model_config = _config()
+
+    chat_preload: str = Field(
+        "chat,embedding",
+        description="Models loaded at startup, comma-separated: served model names, or chat "
+        "(the main chat model), summary, embedding, all, none. Others load on first use.",
+    )
+    model_idle_ttl: float = Field(
+        0.0,
+        ge=0.0,
+        le=30 * 86_400.0,
+        description="Seconds an unused model stays loaded before it is unloaded (0: never).",
+    )
+    model_memory_budget: str = Field(
+        "",
+        description="RAM the loaded models may use, e.g. 12GiB, 800MB or bytes; empty: the "
+        "machine's RAM minus a margin (10%, at least 1 GiB).",
+    )
+    model_load_timeout: float = Field(
+        300.0,
+        gt=0.0,
+        le=3600.0,
+        description="Seconds a request waits for its model to load, including waiting for "
+        "models in use to finish before one can be evicted (503 + Retry-After beyond).",
+    )
+
+    @field_validator("model_memory_budget")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_bytes(value)
+        return value
+
+    def preload(self) -> set[str]:
+        return {p.strip() for p in self.chat_preload.split(",") if p.strip()}
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_bytes(value: str) -> int | None:
+    """``12GiB``, ``800MB``, ``1.5G`` or a byte count → bytes; empty → None (automatic)."""
+    text = value.strip().lower().replace(" ", "")
+    if not text:
+        return None
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    if unit not in _UNITS:
+        raise ValueError(f"unknown size unit {unit!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"expected a size such as 12GiB or 800MB, got {value!r}") from None
+    if not 0 <= amount < 1e18:
+        raise ValueError("a size must be a positive number")
+    return int(amount * _UNITS[unit])
+
+
 def _parse_pairs(value: str) -> list[tuple[str, str]]:
     pairs = []
     for raw in value.split(","):
@@ -448,6 +523,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "ast": AstSettings,
     "cache": CacheSettings,
     "upstream": UpstreamSettings,
+    "models": ModelSettings,
 }
 
 
@@ -475,6 +551,7 @@ class Settings:
     ast: AstSettings
     cache: CacheSettings
     upstream: UpstreamSettings
+    models: ModelSettings
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """Every group as JSON-ready data with secrets replaced by ``***``."""

@@ -85,6 +85,9 @@ class AppState:
         """Every service, once, after the engines are loaded; their closers registered."""
         settings, engines = self.settings, self.engines
         runner = GenerationRunner(self.generations, self.metrics)
+        if engines.registry is not None:
+            engines.registry.start()  # idle unload (MODEL_IDLE_TTL)
+            self.closers.append(engines.registry.aclose)
         responses = ResponsesService(engines, settings, self.store, self.prompts, runner)
         personas = PersonaRegistry.from_directory(settings.summary.personas_dir)
         summarize = SummarizeService.create(settings, engines, personas, self.prompts)

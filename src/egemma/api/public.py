@@ -111,6 +111,8 @@ async def health(request: Request) -> dict[str, Any]:
         body[legacy] = _entry(engines, key, full)
         states.append(body[legacy]["status"])
     body["store"] = _store_entry(state.store)
+    if engines.registry is not None:
+        body["models"] = engines.registry.describe()
     states.append(body["store"]["status"])
     redis = _redis_entry(state)
     if redis is not None:

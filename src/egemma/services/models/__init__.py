@@ -1,0 +1,1 @@
+"""The model registry: configured, loaded and swapped-out models within a memory budget."""

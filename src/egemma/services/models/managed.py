@@ -1,0 +1,115 @@
+"""A chat model the registry loads on first use, behind the unchanged ``ChatEngine`` Protocol.
+
+Facts, tokenizing and grammar checks come from the GGUF's vocabulary (``VocabModel``), so a
+request is prepared and validated before its weights are loaded; ``admit`` is where it waits:
+first for the registry to load the model (evicting idle ones if the budget requires), then in
+the model's own FIFO. From ``admit`` until its slot is released the request counts as a user, so
+the model cannot be unloaded under a running or queued generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from egemma.engines.base import (
+    AdmissionClosedError,
+    AdmissionStats,
+    ChatEngine,
+    Disconnected,
+    GenerationRequest,
+    Slot,
+    SpecialTokens,
+    TokenStream,
+)
+from egemma.engines.llamacpp_vocab import VocabModel
+from egemma.services.models.registry import ModelEntry, ModelRegistry
+
+IDLE = AdmissionStats(depth=0, busy=False, admitted=0, rejected=0, abandoned=0)
+
+
+class ManagedSlot:
+    """The model's own slot and the registry use, released together (idempotent)."""
+
+    def __init__(self, slot: Slot, registry: ModelRegistry, entry: ModelEntry) -> None:
+        self._slot: Slot | None = slot
+        self._registry = registry
+        self._entry = entry
+
+    def release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+            self._registry.release(self._entry)
+
+
+class ManagedChatEngine:
+    """A ``ChatEngine`` whose weights come and go with the registry."""
+
+    def __init__(
+        self, entry: ModelEntry, registry: ModelRegistry, vocab: VocabModel, n_ctx: int
+    ) -> None:
+        self.entry = entry
+        self.registry = registry
+        self.vocab = vocab
+        self.name = entry.id
+        self.n_ctx = n_ctx
+        self.identity = entry.path
+        self.architecture: str = vocab.architecture
+        self.chat_template: str | None = vocab.chat_template
+        self.special: SpecialTokens = vocab.special
+        self._closed = False
+
+    @property
+    def loaded(self) -> ChatEngine | None:
+        engine: ChatEngine | None = self.entry.engine if self.entry.state == "loaded" else None
+        return engine
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.vocab.detokenize(tokens)
+
+    def token_id(self, text: str) -> int | None:
+        return self.vocab.token_id(text)
+
+    async def admit(self, is_disconnected: Disconnected | None = None) -> Slot:
+        if self._closed:
+            raise AdmissionClosedError
+        engine: ChatEngine = await self.registry.use(self.entry, is_disconnected)
+        try:
+            slot = await engine.admit(is_disconnected)
+        except BaseException:
+            self.registry.release(self.entry)
+            raise
+        return ManagedSlot(slot, self.registry, self.entry)
+
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        engine = self.loaded
+        if engine is None:  # cannot happen while the caller holds a slot
+            raise RuntimeError(f"model {self.name} is not loaded")
+        return engine.generate(request)
+
+    def check_grammar(self, json_schema: str) -> None:
+        engine = self.loaded
+        if engine is not None:
+            engine.check_grammar(json_schema)
+        else:
+            self.vocab.check_grammar(json_schema)
+
+    def admission_stats(self) -> AdmissionStats:
+        engine = self.loaded
+        return engine.admission_stats() if engine is not None else IDLE
+
+    def close_admission(self) -> None:
+        self._closed = True
+        engine = self.loaded
+        if engine is not None:
+            engine.close_admission()
+
+    def close(self) -> None:
+        self.vocab.close()
+
+    def describe(self) -> dict[str, Any]:
+        return self.entry.describe()
