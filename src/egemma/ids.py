@@ -6,6 +6,7 @@ import secrets
 
 PREFIXES = frozenset(
     {"resp", "msg", "fc", "call", "rs", "conv", "fco", "ctc", "ctco", "item", "chatcmpl", "req"}
+    | {"rerank"}
 )
 
 
