@@ -24,13 +24,13 @@ from tests.servers import LiveServer
 
 pytestmark = pytest.mark.slow
 
+# Short on purpose: sentence-transformers on PyTorch is the slow half of every comparison.
 TEXTS = [
     "OK",
     "How do I reset my password if I no longer have access to my email?",
     "def add(a: int, b: int) -> int:\n    return a + b",
-    "Die Katze sitzt auf der Matte und schläft.",
     "東京は日本の首都です。",
-    "Embeddings map text to vectors so that similar meanings end up close together. " * 8,
+    "Embeddings map text to vectors so that similar meanings end up close together. " * 3,
 ]
 MRL = (768, 512, 256, 128)
 
@@ -67,7 +67,7 @@ def gemma_http(
         SUMMARY_LOCAL_ENABLED="false",
         EMBED_RATE_LIMIT_CALLS="100000",
     )
-    server = LiveServer(create_app(settings))
+    server = LiveServer(create_app(settings), startup_timeout=300)
     server.start(timeout=300)
     headers = {"Authorization": f"Bearer {KEY}"}
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=120) as client:
@@ -99,12 +99,15 @@ def test_every_prompt_and_size_matches_sentence_transformers(
     gemma_http: httpx.Client, st_model: Any
 ) -> None:
     worst = 1.0
-    for name in st_model.prompts:
-        if not st_model.prompts[name]:
+    references: dict[str, np.ndarray] = {}  # 14 names share 8 prompt strings
+    for name, prompt in st_model.prompts.items():
+        if not prompt:
             continue
-        reference = st_model.encode(
-            TEXTS, prompt_name=name, convert_to_numpy=True, normalize_embeddings=True
-        )
+        if prompt not in references:
+            references[prompt] = st_model.encode(
+                TEXTS, prompt_name=name, convert_to_numpy=True, normalize_embeddings=True
+            )
+        reference = references[prompt]
         for size in MRL:
             ours = _vectors(gemma_http, TEXTS, prompt_name=name, dimensions=size)
             assert ours.shape == (len(TEXTS), size)
