@@ -22,7 +22,8 @@ from tests.e2e import embeddinggemma
 from tests.e2e.conftest import KEY, real_settings
 from tests.servers import LiveServer
 
-pytestmark = pytest.mark.slow
+# The first test pays for the download (~370 MB) and the export; the loaded 2-core CI is slow.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Short on purpose: sentence-transformers on PyTorch is the slow half of every comparison.
 TEXTS = [
