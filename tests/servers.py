@@ -23,8 +23,11 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app: FastAPI, graceful_timeout: float = 5.0) -> None:
+    def __init__(
+        self, app: FastAPI, graceful_timeout: float = 5.0, startup_timeout: float = 60.0
+    ) -> None:
         self.app = app
+        self._startup = startup_timeout
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._graceful = graceful_timeout
@@ -38,6 +41,7 @@ class LiveServer:
         config = Config()
         config.bind = [f"127.0.0.1:{self.port}"]
         config.graceful_timeout = self._graceful
+        config.startup_timeout = self._startup  # a 1.2 GB model loads and warms up first
         config.accesslog = None
         config.errorlog = None
 

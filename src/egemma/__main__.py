@@ -67,6 +67,9 @@ def serve_app(app: Any, settings: Settings) -> int:
     config.accesslog = None  # egemma.access logs one line per request
     config.errorlog = "-"
     config.keep_alive_timeout = 75.0
+    # The lifespan loads the models: EmbeddingGemma-300m's 1.2 GB graph alone took over
+    # Hypercorn's default 60 s on a busy 2-core machine (the server then never started).
+    config.startup_timeout = 900.0
 
     state: AppState = app.state.egemma
 

@@ -19,6 +19,7 @@ PREFIXES = frozenset(
         "chatcmpl",
         "req",
         "cmp",
+        "rerank",
     }
 )
 

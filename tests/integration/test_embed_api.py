@@ -213,7 +213,7 @@ async def test_v1_embeddings_undecodable_tokens(
         {"input": "x", "model": "m", "dimensions": 0},
         {"input": [], "model": "m"},
         {"input": ["ok", " "], "model": "m"},
-        {"input": "x", "model": "m", "encoding_format": "int8"},
+        {"input": "x", "model": "m", "encoding_format": "int4"},
         {"input": "x", "model": "m", "prompt_name": "nope"},
         {"input": [1.5], "model": "m"},
         {"model": "m"},

@@ -19,6 +19,7 @@ from egemma.api.deps import EmbeddingsDep, StateDep
 from egemma.errors import InvalidRequestError
 from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
 from egemma.ratelimit import rate_limit
+from egemma.services.embeddings.compact import COMPACT_FORMATS, compact
 from egemma.services.embeddings.service import EmbeddingService, resize, truncate
 from egemma.services.uploads import decode_upload
 
@@ -127,9 +128,11 @@ async def _inputs(body: EmbeddingRequest, service: EmbeddingService) -> list[str
 
 
 def _encode(vector: np.ndarray, encoding_format: str) -> str:
-    """The JSON text of one ``embedding`` value."""
+    """The JSON text of one ``embedding`` value (a row of ``compact`` for the integer formats)."""
     if encoding_format == "base64":
         return '"' + base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode() + '"'
+    if encoding_format in COMPACT_FORMATS:
+        return "[" + ",".join(map(str, vector.tolist())) + "]"
     return float_array(vector)
 
 
@@ -151,6 +154,8 @@ async def create_embeddings(
         texts, prompt_name=body.prompt_name, is_disconnected=request.is_disconnected
     )
     vectors = result.vectors if size == service.engine.dimension else truncate(result.vectors, size)
+    if body.encoding_format in COMPACT_FORMATS:
+        vectors = compact(vectors, body.encoding_format)
     # Written by hand: the vectors are the whole payload, and this is the hot path.
     data = ",".join(
         f'{{"object":"embedding","index":{i},"embedding":{_encode(v, body.encoding_format)}}}'

@@ -31,6 +31,7 @@ FACTS_VERSION = 1
 # mixed lengths is split into length-sorted runs rather than padded to its longest member.
 TOKEN_BUDGET = 8192
 MAX_RUN_ROWS = 64
+WARM_UP_TOKENS = 512  # longest warm-up text
 RUN_OVERHEAD = 48  # one ONNX run's fixed cost, in token-equivalents (measured on MiniLM)
 
 
@@ -192,7 +193,9 @@ class OnnxEmbeddingEngine:
     def warm_up(self) -> None:
         """First runs allocate and pick kernels; do that before the first request pays for it."""
         self.encode(["warm-up"])
-        self.encode(["warm " * self.max_length, "up"])
+        # Capped: a full 2048-token text through EmbeddingGemma-300m took about a minute on 2
+        # cores, far more than the allocations it is there to make.
+        self.encode(["warm " * min(self.max_length, WARM_UP_TOKENS), "up"])
 
     # -- pre: tokenize ---------------------------------------------------------------------
 

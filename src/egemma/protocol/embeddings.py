@@ -22,8 +22,11 @@ class EmbeddingRequest(BaseModel):
         description="A string, a list of strings, or OpenAI (cl100k_base) token ids.",
     )
     model: str | None = Field(None, description="Accepted; the server's embedding model answers.")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="openai-python asks for base64 unless told otherwise."
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float",
+        description="openai-python asks for base64 unless told otherwise. eGemma extension, "
+        "Cohere's names: int8/uint8 (scaled per vector, compare by cosine), binary/ubinary "
+        "(sign bits packed 8 per byte, compare by Hamming distance).",
     )
     dimensions: int | None = Field(
         None, description="Truncate to this size, then re-normalise (1..model dimension)."
