@@ -126,7 +126,9 @@ def test_embed_in_cognition_cli_shape(gemma_http: httpx.Client, st_model: Any) -
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert list(body) == ["embedding_768d"]
+    assert [k for k in body if k.startswith("embedding_")] == ["embedding_768d"]
+    assert body["dimensions"] == 768  # cognition-cli's EmbedResponse fields
+    assert body["model"]
     ours = np.asarray(body["embedding_768d"], dtype=np.float32)
     reference = st_model.encode(
         [text], prompt_name="Retrieval-document", normalize_embeddings=True

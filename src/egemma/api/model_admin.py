@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Path, Request
 
 from egemma.api.deps import StateDep, principal
-from egemma.errors import NotFoundError, UnavailableError
+from egemma.errors import NotFoundError
 from egemma.services.models.registry import ModelRegistry
 
 router = APIRouter(tags=["models"])
@@ -24,7 +24,8 @@ def _registry(state: StateDep, request: Request) -> ModelRegistry:
         raise NotFoundError("Not found.")
     registry = state.engines.registry
     if registry is None:
-        raise UnavailableError("This server does not manage its models.", code="no_registry")
+        # No registry (engines injected by the embedder): no model here can be loaded or unloaded.
+        raise NotFoundError("This server does not manage its models: none can be loaded or unloaded.")
     return registry
 
 

@@ -60,8 +60,18 @@ def _splice(frame: str, parts: Sequence[tuple[str, str]]) -> str:
     rules: str = converter.format_grammar()
     # Token pieces are matched as text, so a string character could be a control token
     # ("<|end|>" ends the message mid-argument): inside a Harmony turn no "<" is followed by "|".
-    rules = rules.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\<] | "<"+ [^"\\\\<|] |', 1)
-    return frame + rules
+    return frame + _strict_strings(rules, _HARMONY_CHAR)
+
+
+# llama-cpp-python's schema converter lets a JSON string hold raw control characters (a newline
+# inside a string is not JSON); llama.cpp's own converter excludes them, and so do we.
+_LAX_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+_HARMONY_CHAR = r'char ::= [^"\\<\x7F\x00-\x1F] | "<"+ [^"\\<|\x7F\x00-\x1F] |'
+
+
+def _strict_strings(gbnf: str, char_rule: str = _JSON_CHAR) -> str:
+    return gbnf.replace(_LAX_CHAR, char_rule, 1)
 
 
 def _property_order(schema: Any) -> list[str]:
@@ -191,7 +201,9 @@ class LlamaChatEngine:
             # Keep the schema's own property order (the converter sorts alphabetically otherwise):
             # a call's "name" must come before its "arguments" so it can be streamed.
             if gbnf is None:
-                gbnf = json_schema_to_gbnf(key, prop_order=_property_order(json.loads(key)))
+                gbnf = _strict_strings(
+                    json_schema_to_gbnf(key, prop_order=_property_order(json.loads(key)))
+                )
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)
             if len(self._grammar_cache) > GRAMMAR_CACHE_SIZE:
                 self._grammar_cache.clear()

@@ -13,6 +13,7 @@ bound for sliding-window models (Gemma 3 keeps its local layers shorter).
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,20 +123,28 @@ class GgufHeader:
 class _Reader:
     def __init__(self, handle: BinaryIO) -> None:
         self.handle = handle
+        self.size = os.fstat(handle.fileno()).st_size
+
+    def take(self, length: int, what: str) -> bytes:
+        """``length`` bytes, refused before reading when the file cannot hold them (a corrupt
+        length field must be an error, never a multi-gigabyte allocation)."""
+        if length > self.size - self.handle.tell():
+            raise GgufError(f"the file ends inside {what}")
+        return self.handle.read(length)
+
+    def count(self, what: str) -> int:
+        n = int(self.unpack("<Q"))
+        if n > self.size - self.handle.tell():  # every element takes at least one byte
+            raise GgufError(f"implausible {what} count {n}")
+        return n
 
     def unpack(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        raw = self.handle.read(size)
-        if len(raw) != size:
-            raise GgufError("the file ends inside its header")
+        raw = self.take(struct.calcsize(fmt), "its header")
         return struct.unpack(fmt, raw)[0]
 
     def string(self) -> str:
         length = self.unpack("<Q")
-        raw = self.handle.read(length)
-        if len(raw) != length:
-            raise GgufError("the file ends inside a string")
-        return raw.decode("utf-8", "replace")
+        return self.take(length, "a string").decode("utf-8", "replace")
 
     def value(self, kind: int) -> Any:
         if kind in _SCALARS:
@@ -143,13 +152,10 @@ class _Reader:
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
-            item_kind, count = self.unpack("<I"), self.unpack("<Q")
+            item_kind, count = self.unpack("<I"), self.count("array")
             if item_kind in _SCALARS:
                 fmt = _SCALARS[item_kind]
-                size = struct.calcsize(fmt)
-                raw = self.handle.read(size * count)
-                if len(raw) != size * count:
-                    raise GgufError("the file ends inside an array")
+                raw = self.take(struct.calcsize(fmt) * count, "an array")
                 return list(struct.unpack(f"<{count}{fmt[1]}", raw))
             return [self.value(item_kind) for _ in range(count)]
         raise GgufError(f"unknown metadata value type {kind}")
@@ -164,7 +170,7 @@ def read_header(path: Path) -> GgufHeader:
         version = reader.unpack("<I")
         if version not in (2, 3):
             raise GgufError(f"{path.name}: unsupported GGUF version {version}")
-        n_tensors, n_kv = reader.unpack("<Q"), reader.unpack("<Q")
+        n_tensors, n_kv = reader.count("tensor"), reader.count("metadata")
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = reader.string()
