@@ -83,21 +83,38 @@ class _Task:
         self.p = p
         self.rid: str = p.builder.response["id"]
         self.pending: list[Event] = []
-        self.sent = 0
+        self.sent = 0  # events written
+        self.numbered = 0  # events stamped with their sequence_number
         self.cancelled = asyncio.Event()
+        self.finished = asyncio.Event()
         self.run: Run | None = None
+
+    def stamp(self, event: Event) -> None:
+        event["sequence_number"] = self.numbered
+        self.numbered += 1
+        self.pending.append(event)
 
     async def flush(self) -> None:
         batch, self.pending = self.pending, []
-        if await self.store.background.tick(self.rid, self.sent, batch):
+        try:
+            cancel = await self.store.background.tick(self.rid, self.sent, batch)
+        except BaseException:
+            self.pending = batch + self.pending  # written next time, in order
+            raise
+        self.sent += len(batch)
+        if cancel:
             self.cancelled.set()
             if self.run is not None:
                 self.run.cancel.set()  # the engine stops before its next token
-        self.sent += len(batch)
 
     async def poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
+        """Every ``POLL_SECONDS`` until ``end``: write the new events, read the cancel flag.
+        Never cancelled mid-write (the last write is ``end``'s, after this returns)."""
+        while not self.finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), POLL_SECONDS)
+            if self.finished.is_set():
+                return
             try:
                 await self.flush()
             except Exception as exc:  # the store is away: keep generating, retry next tick
@@ -117,9 +134,10 @@ class _Task:
         try:
             if self.cancelled.is_set():
                 return "cancelled", None
+            # Admitted: polls now see in_progress (the model's slot is held).
+            await self.p.records.responses.save(self.p.builder.response, self.p.context.new_items)
             async for event in run.events:
-                event["sequence_number"] = self.sent + len(self.pending)
-                self.pending.append(event)
+                self.stamp(event)
                 terminal = terminal or event["type"] in TERMINAL
         finally:
             run.close()
@@ -133,8 +151,8 @@ class _Task:
         self, status: str | None, error: dict[str, Any] | None, poller: asyncio.Task[None]
     ) -> None:
         """Write the last events and the final response, then mark the run done."""
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        self.finished.set()
+        with contextlib.suppress(Exception):
             await poller
         response = self.p.builder.response
         if status is not None:
@@ -145,9 +163,7 @@ class _Task:
                 if item.get("status") == "in_progress":
                     item["status"] = "incomplete"
             kind = "response.failed" if status == "failed" else "response.cancelled"
-            seq = self.sent + len(self.pending)
-            snapshot = self.p.builder.snapshot()
-            self.pending.append({"type": kind, "response": snapshot, "sequence_number": seq})
+            self.stamp({"type": kind, "response": self.p.builder.snapshot()})
         try:
             await self.flush()
             # A completed run stored itself; a failed one did not: store every end (idempotent).
