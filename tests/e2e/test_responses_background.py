@@ -33,7 +33,8 @@ def test_background_polls_to_completed(oai: OpenAI) -> None:
     done = oai.responses.retrieve(created.id)
     assert done.background is True
     assert done.output_text
-    assert done.usage is not None and done.usage.output_tokens > 0
+    assert done.usage is not None
+    assert done.usage.output_tokens > 0
 
 
 def test_background_cancel(oai: OpenAI) -> None:
@@ -45,8 +46,9 @@ def test_background_cancel(oai: OpenAI) -> None:
     )
     cancelled = oai.responses.cancel(created.id)
     assert cancelled.status == "cancelled"
+    time.sleep(1.0)  # a generation still running would store itself as completed
     assert oai.responses.retrieve(created.id).status == "cancelled"
-    assert (cancelled.usage is None) or cancelled.usage.output_tokens < 1500
+    assert oai.responses.cancel(created.id).status == "cancelled"  # idempotent
 
 
 def test_stream_resumes_after_a_sequence_number(oai: OpenAI) -> None:
