@@ -1,5 +1,6 @@
 """Two eGemma replicas (real ``egemma serve`` processes, fake models) on one real PostgreSQL and
-one real Redis agree: whichever replica a request lands on, stored responses, conversations and
+one real Redis agree: whichever replica a request lands on, stored responses, conversations,
+background responses (and their cancel) and
 rate-limit buckets are the same; a replica killed with SIGKILL loses nothing acknowledged; a
 PostgreSQL restart under load is 503 + Retry-After (never 500) and heals by itself.
 """
