@@ -43,6 +43,7 @@ from egemma.ratelimit import RateLimiter
 from egemma.runtime import Engines
 from egemma.security import announce_generated_key, provision_key, require_api_key
 from egemma.services.prompting.formats import PromptFormats
+from egemma.services.responses.background import reap
 from egemma.settings import Settings
 from egemma.state import AppState
 from egemma.store.base import Store, StoreUnavailableError
@@ -87,6 +88,10 @@ def create_app(
         # server serves everything else and /health, /ready and /metrics say so.
         with contextlib.suppress(StoreUnavailableError):
             await state.store.open()
+        try:  # background responses a dead process left running: failed, not hanging
+            await reap(state.store)
+        except Exception as exc:
+            log.warning("could not check for abandoned background responses: %s", exc)
         if not injected:
             await load_all(settings, state.engines, state.prompts)
         state.build_services()

@@ -24,6 +24,7 @@ from egemma.services.conversations import ConversationService
 from egemma.services.embeddings.service import EmbeddingService
 from egemma.services.generation import GenerationRunner
 from egemma.services.prompting.formats import PromptFormats
+from egemma.services.responses.background import BackgroundResponses
 from egemma.services.responses.chat import ChatCompletionsService
 from egemma.services.responses.service import ResponsesService
 from egemma.services.summarize.service import SummarizeService
@@ -46,6 +47,7 @@ class Services:
     summarize: SummarizeService
     ast: AstService
     embeddings: EmbeddingService | None  # None when the embedding model is not loaded
+    background: BackgroundResponses | None = None  # background: true responses (issue 13)
 
     def caches(self) -> list[TwoLevelCache]:
         found = [self.summarize.cache]
@@ -105,7 +107,10 @@ class AppState:
                 shared_level("embeddings", settings),
             )
             self.closers.append(embeddings.aclose)
+        background = BackgroundResponses(responses, self.store)
+        self.closers.append(background.close)
         self.services = Services(
+            background=background,
             responses=responses,
             chat=ChatCompletionsService(responses),
             conversations=ConversationService(self.store),

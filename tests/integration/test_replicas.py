@@ -1,5 +1,6 @@
 """Two eGemma replicas (real ``egemma serve`` processes, fake models) on one real PostgreSQL and
-one real Redis agree: whichever replica a request lands on, stored responses, conversations and
+one real Redis agree: whichever replica a request lands on, stored responses, conversations,
+background responses (and their cancel) and
 rate-limit buckets are the same; a replica killed with SIGKILL loses nothing acknowledged; a
 PostgreSQL restart under load is 503 + Retry-After (never 500) and heals by itself.
 """
@@ -235,6 +236,46 @@ def _all_item_ids(replica: Replica, conv: str) -> set[str]:
     """Every item id of the conversation (the SDK's iteration follows the pages)."""
     with replica.sdk() as sdk:
         return {item.id for item in sdk.conversations.items.list(conv, limit=100)}  # type: ignore[union-attr]
+
+
+def test_a_background_response_started_on_one_is_cancelled_on_the_other(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.replicas[:2]
+    with a.sdk() as sa, b.sdk() as sb:
+        created = sa.responses.create(model="slow", input="long", background=True)
+        assert created.status in ("queued", "in_progress")
+        deadline = time.monotonic() + 30
+        while sb.responses.retrieve(created.id).status != "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cancelled = sb.responses.cancel(created.id)  # the run is on a: only the store links them
+        assert cancelled.status == "cancelled"
+        assert sa.responses.retrieve(created.id).status == "cancelled"
+    with b.http() as http:
+        text = http.get(f"/v1/responses/{created.id}", params={"stream": "true"}).text
+    assert text.rstrip().splitlines()[-2] == "event: response.cancelled"
+
+
+def test_a_background_response_of_a_killed_replica_ends_failed(cluster: Cluster) -> None:
+    [a] = cluster.start()  # a third replica, to be killed
+    b = cluster.replicas[1]
+    with a.sdk() as sa:
+        created = sa.responses.create(model="slow", input="long", background=True)
+    with b.sdk() as sb:
+        deadline = time.monotonic() + 30
+        while sb.responses.retrieve(created.id).status != "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        deadline = time.monotonic() + 60  # its heartbeat goes stale after STALE_SECONDS
+        while (found := sb.responses.retrieve(created.id)).status == "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert found.status == "failed"
+    assert found.error is not None
+    assert "stopped before it finished" in found.error.message
 
 
 def test_a_replica_killed_mid_stream_loses_nothing_acknowledged(cluster: Cluster) -> None:

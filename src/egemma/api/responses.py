@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from egemma.api.deps import OwnerDep, ResponsesDep, StateDep, require_store
-from egemma.api.sse import EventStreamResponse
+from egemma.api.deps import OwnerDep, ResponsesDep, StateDep, require_store, services
+from egemma.api.sse import EventStreamResponse, replay_stream
+from egemma.errors import InvalidRequestError
 from egemma.protocol.responses import CompactRequest, ResponsesRequest
 from egemma.ratelimit import rate_limit
 from egemma.services.responses.compaction import compact
@@ -26,8 +27,20 @@ async def create_response(
 ) -> Response:
     if body.store is not False or body.conversation is not None:
         await require_store(request)  # its answer is written after generation: check first
+    if body.background and body.store is False:
+        raise InvalidRequestError(
+            "Background mode requires store: true (its state lives in the store).",
+            param="background",
+        )
     prepared = await service.prepare(body, owner)
     headers = ignored_tools_header(prepared.ignored_tools)
+    if body.background:
+        background = services(request).background
+        assert background is not None  # built with the other services
+        queued = await background.launch(prepared)
+        if body.stream:
+            return replay_stream(state.store, queued["id"], -1, headers)
+        return JSONResponse(queued, headers=headers)
     run = await service.start(prepared, request.is_disconnected)
     if body.stream:
         timeout = state.settings.server.stream_write_timeout

@@ -23,6 +23,8 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from egemma.services.responses.background import follow
+
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 10.0
@@ -163,3 +165,18 @@ class EventStreamResponse(StreamingResponse):
                     await aclose()
                 except Exception:  # closing must never mask the response's own outcome
                     log.debug("closing the event stream raised", exc_info=True)
+
+
+def replay_stream(
+    store: Any, response_id: str, after: int, headers: dict[str, str] | None = None
+) -> StreamingResponse:
+    """A background response's stored events after ``after`` (their own ``sequence_number``),
+    then the live ones until it ends, with keep-alive comments while waiting."""
+
+    async def body() -> AsyncIterator[bytes]:
+        async for event in with_keepalives(follow(store, response_id, after), KEEPALIVE_SECONDS):
+            yield KEEPALIVE if event is None else encode_event(event)
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={**HEADERS, **(headers or {})}
+    )

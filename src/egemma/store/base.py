@@ -162,6 +162,32 @@ class ConversationStore(Protocol):
 
 
 @runtime_checkable
+class BackgroundStore(Protocol):
+    """Background responses' runs and event logs (not owner-scoped: callers check the
+    response through ``responses.get`` first). Shared by every replica on the store."""
+
+    async def begin(self, response_id: str) -> None:
+        """Record a new run (not cancelled, not done, heartbeat now)."""
+
+    async def tick(self, response_id: str, first: int, events: list[Item]) -> bool:
+        """Append ``events`` numbered from ``first``, refresh the heartbeat; whether a cancel
+        was requested."""
+
+    async def finish(self, response_id: str) -> None:
+        """Mark the run done (its final response is stored)."""
+
+    async def request_cancel(self, response_id: str) -> bool:
+        """Ask the run to stop, from any replica; False when there is no such run."""
+
+    async def events_after(self, response_id: str, after: int) -> tuple[list[Item], bool]:
+        """Events with ``sequence_number > after`` in order, and whether the run is done
+        (read before the events, so a done run's list is complete)."""
+
+    async def abandoned(self, stale_before: float) -> list[str]:
+        """Runs not done whose heartbeat is older than ``stale_before`` (unix seconds)."""
+
+
+@runtime_checkable
 class Store(Protocol):
     """Everything the services need: ``store.responses`` and ``store.conversations``.
 
@@ -175,6 +201,9 @@ class Store(Protocol):
 
     @property
     def conversations(self) -> ConversationStore: ...
+
+    @property
+    def background(self) -> BackgroundStore: ...
 
     async def open(self) -> None: ...
 

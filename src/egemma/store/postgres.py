@@ -35,6 +35,7 @@ import anyio
 
 from egemma.store.base import BROKEN_MESSAGE, Owner, StoreHealth, StoreUnavailableError
 from egemma.store.migrations import LATEST, MIGRATIONS
+from egemma.store.postgres_background import PostgresBackground
 from egemma.store.postgres_tables import PostgresConversations, PostgresResponses
 from egemma.store.sqlite import SchemaTooNewError
 
@@ -64,6 +65,7 @@ class PostgresStore:
         self.pool_size = max(1, pool_size)
         self.responses = PostgresResponses(self)
         self.conversations = PostgresConversations(self)
+        self.background = PostgresBackground(self)
         self._pool: Any = None
         self._migrated = False
         self._closed = False
@@ -277,6 +279,7 @@ class PostgresScope:
         self.owner = owner
         self.responses = PostgresResponses(store, owner)
         self.conversations = PostgresConversations(store, owner)
+        self.background = store.background
 
     def scoped(self, owner: Owner) -> PostgresScope:
         return PostgresScope(self._store, owner)

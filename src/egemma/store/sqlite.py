@@ -30,6 +30,7 @@ from egemma.datadir import DIR_MODE, owner_only
 from egemma.settings import Settings
 from egemma.store.base import BROKEN_MESSAGE, Owner, StoreHealth, StoreUnavailableError
 from egemma.store.migrations import LATEST, MIGRATIONS
+from egemma.store.sqlite_background import SqliteBackground
 from egemma.store.sqlite_tables import SqliteConversations, SqliteResponses
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class SqliteStore:
         self.synchronous = synchronous
         self.responses = SqliteResponses(self)
         self.conversations = SqliteConversations(self)
+        self.background = SqliteBackground(self)
         self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._pool_size = max(1, pool_size)
         self._connections = 0
@@ -334,6 +336,7 @@ class SqliteScope:
         self.owner = owner
         self.responses = SqliteResponses(store, owner)
         self.conversations = SqliteConversations(store, owner)
+        self.background = store.background
 
     def scoped(self, owner: Owner) -> SqliteScope:
         return SqliteScope(self._store, owner)

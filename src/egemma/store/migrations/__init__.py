@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from egemma.store.migrations import v0001_initial, v0002_owners
+from egemma.store.migrations import v0001_initial, v0002_owners, v0003_background
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = tuple(
     Migration(module.VERSION, module.__name__.rsplit(".", 1)[-1], module.SQL, module.POSTGRES)
-    for module in (v0001_initial, v0002_owners)
+    for module in (v0001_initial, v0002_owners, v0003_background)
 )
 
 LATEST = MIGRATIONS[-1].version
