@@ -25,7 +25,9 @@ def _registry(state: StateDep, request: Request) -> ModelRegistry:
     registry = state.engines.registry
     if registry is None:
         # No registry (engines injected by the embedder): no model here can be loaded or unloaded.
-        raise NotFoundError("This server does not manage its models: none can be loaded or unloaded.")
+        raise NotFoundError(
+            "This server does not manage its models: none can be loaded or unloaded."
+        )
     return registry
 
 
