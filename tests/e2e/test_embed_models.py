@@ -180,8 +180,14 @@ async def test_tiny_gemma_served_end_to_end(gemma_client: httpx.AsyncClient) -> 
     )
     doc = np.asarray(r.json()["data"][0]["embedding"])
     assert float(doc @ full) < 0.99999
+    # Above the model's own size the original's sizes are the vector zero-padded; beyond 768, 400.
     r = await gemma_client.post(
         f"/embed?dimensions={TINY_DIM + 1}", files={"file": ("q.txt", b"x")}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()[f"embedding_{TINY_DIM + 1}d"][-1] == 0.0
+    r = await gemma_client.post(
+        "/embed?dimensions=769", files={"file": ("q.txt", b"x")}, headers=AUTH
     )
     assert r.status_code == 400
     r = await gemma_client.post(

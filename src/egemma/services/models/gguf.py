@@ -135,7 +135,7 @@ class _Reader:
     def count(self, what: str) -> int:
         n = int(self.unpack("<Q"))
         if n > self.size - self.handle.tell():  # every element takes at least one byte
-            raise GgufError(f"implausible {what} count {n}")
+            raise GgufError(f"the file ends inside its {what} table (count {n})")
         return n
 
     def unpack(self, fmt: str) -> Any:
@@ -163,6 +163,15 @@ class _Reader:
 
 def read_header(path: Path) -> GgufHeader:
     """The metadata and tensor table of ``path``; reads only the header."""
+    try:
+        return _read_header(path)
+    except GgufError as exc:
+        if str(exc).startswith(path.name):
+            raise
+        raise GgufError(f"{path.name}: {exc}") from None
+
+
+def _read_header(path: Path) -> GgufHeader:
     with path.open("rb") as handle:
         reader = _Reader(handle)
         if handle.read(4) != MAGIC:
