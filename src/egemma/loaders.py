@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -27,20 +28,29 @@ def _fail(engines: Engines, key: str, reason: str) -> None:
     log.error("%s unavailable: %s", key, reason)
 
 
+def _load_llama(name: str, path: Path, settings: Settings) -> Any:
+    """The llama.cpp engine CHAT_ENGINE names: one context (single) or batched slots."""
+    if settings.batch.engine == "batched":
+        from egemma.engines.batched import BatchedLlamaChatEngine
+
+        return BatchedLlamaChatEngine.load_batched(name, path, settings.chat, settings.batch)
+    from egemma.engines.llamacpp import LlamaChatEngine
+
+    return LlamaChatEngine.load(name, path, settings.chat)
+
+
 def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("chat")
     status.name = settings.chat.model_name or settings.chat.models()[0][0]
     if not settings.chat.model_enabled:
         status.status = "disabled"
         return
-    from egemma.engines.llamacpp import LlamaChatEngine
-
     errors: list[str] = []
     for name, spec, setting in settings.chat.models():
         try:
             model = resolve(spec, setting, settings.server.models_root)
             check_gguf(model.path)
-            engine = LlamaChatEngine.load(name, model.path, settings.chat)
+            engine = _load_llama(name, model.path, settings)
         except (ModelFileError, ValueError, OSError) as exc:
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
@@ -67,6 +77,8 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
     status.context_length = default.n_ctx
     status.reason = "; ".join(errors) or None
     status.detail = {"models": sorted(engines.chat), "path": default.identity}
+    if hasattr(default, "slot_report"):
+        status.detail["slots"] = default.slot_report()
 
 
 def load_summary(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:

@@ -333,9 +333,30 @@ def _derive_name(spec: str) -> str:
     return stem or "chat"
 
 
+class BatchSettings(BaseSettings):
+    """The batched llama.cpp engine (issue 12): several sequences decoded together."""
+
+    model_config = _config("CHAT_")
+
+    engine: Literal["single", "batched"] = Field(
+        "single",
+        description="llama.cpp engine: one context per generation (single) or batched slots.",
+    )
+    parallel: int = Field(
+        4, ge=1, le=64, description="Sequences decoded together per model (batched engine)."
+    )
+    step_tokens: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="Prompt tokens prefilled per decode step beside the running streams.",
+    )
+
+
 GROUPS: dict[str, type[BaseSettings]] = {
     "server": ServerSettings,
     "chat": ChatSettings,
+    "batch": BatchSettings,
     "summary": SummarySettings,
     "gemini": GeminiSettings,
     "embedding": EmbeddingSettings,
@@ -361,6 +382,7 @@ class Settings:
 
     server: ServerSettings
     chat: ChatSettings
+    batch: BatchSettings
     summary: SummarySettings
     gemini: GeminiSettings
     embedding: EmbeddingSettings

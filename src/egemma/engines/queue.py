@@ -1,4 +1,5 @@
-"""A bounded FIFO in front of one model context: one holder, at most ``max_waiting`` waiters.
+"""A bounded FIFO in front of one model context: ``capacity`` holders (one unless batched), at
+most ``max_waiting`` waiters.
 
 Full → ``QueueFullError`` at once (the API answers 503 + Retry-After). A waiter whose client
 has left is dropped within one poll interval and never takes the slot (llama.cpp #13262;
@@ -38,10 +39,12 @@ class QueueSlot:
 
 
 class ModelQueue:
-    def __init__(self, max_waiting: int, timeout: float) -> None:
+    def __init__(self, max_waiting: int, timeout: float, capacity: int = 1) -> None:
         self.max_waiting = max_waiting
         self.timeout = timeout
-        self._busy = False
+        # Holders at once: 1 for a single context, CHAT_PARALLEL for the batched engine.
+        self.capacity = capacity
+        self._holders = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.admitted = 0
         self.rejected = 0
@@ -50,14 +53,18 @@ class ModelQueue:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return self._holders > 0
+
+    @property
+    def holders(self) -> int:
+        return self._holders
 
     @property
     def depth(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
     def stats(self) -> AdmissionStats:
-        return AdmissionStats(self.depth, self._busy, self.admitted, self.rejected, self.abandoned)
+        return AdmissionStats(self.depth, self.busy, self.admitted, self.rejected, self.abandoned)
 
     async def admit(self, is_disconnected: Disconnected | None = None) -> QueueSlot:
         await self.acquire(is_disconnected)
@@ -66,8 +73,8 @@ class ModelQueue:
     async def acquire(self, is_disconnected: Disconnected | None = None) -> None:
         if self.closed:
             raise AdmissionClosedError
-        if not self._busy and not self.depth:
-            self._busy = True
+        if self._holders < self.capacity and not self.depth:
+            self._holders += 1
             self.admitted += 1
             return
         if self.depth >= self.max_waiting:
@@ -117,4 +124,4 @@ class ModelQueue:
             if not waiter.done():
                 waiter.set_result(None)  # ownership passes directly to the next waiter
                 return
-        self._busy = False
+        self._holders = max(self._holders - 1, 0)
