@@ -65,6 +65,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     json_schema: str | None = None
     gbnf: str | None = None
+    pin: str | None = None
+    """Keeps a conversation on its KV slot (batched engine): ``prompt_cache_key`` or the
+    conversation id."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class KvSlot:
     tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
     busy: bool = False
+    pin: str | None = None
 
 
 @dataclass
@@ -77,20 +78,24 @@ def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
     return n
 
 
-def pick_slot(slots: list[KvSlot], prompt: tuple[int, ...]) -> tuple[KvSlot, int] | None:
-    """The idle slot with the longest common prefix, least recently used among equals."""
-    best: tuple[int, float, KvSlot] | None = None
+def pick_slot(
+    slots: list[KvSlot], prompt: tuple[int, ...], pin: str | None = None
+) -> tuple[KvSlot, int] | None:
+    """The idle slot pinned to ``pin``, else the one with the longest common prefix, least
+    recently used among equals (unpinned slots go first, so pinned conversations keep theirs).
+    Returns it with the number of prompt tokens it can reuse."""
+    best: tuple[tuple[bool, int, bool, float], KvSlot, int] | None = None
     for slot in slots:
         if slot.busy:
             continue
         n = common_prefix(slot.tokens, prompt)
-        key = (n, -slot.last_used)
-        if best is None or key > (best[0], -best[1]):
-            best = (n, slot.last_used, slot)
+        key = (pin is not None and slot.pin == pin, n, slot.pin is None, -slot.last_used)
+        if best is None or key > best[0]:
+            best = (key, slot, n)
     if best is None:
         return None
     # At least one prompt token is evaluated so there are logits to sample from.
-    return best[2], min(best[0], max(len(prompt) - 1, 0))
+    return best[1], min(best[2], max(len(prompt) - 1, 0))
 
 
 def _penalty_values(params: SamplingParams) -> tuple[float, float, float]:
@@ -290,7 +295,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             stats.finish_reason = "cancelled"
             put(_DONE)
             return _DONE
-        picked = pick_slot(self.slots, request.prompt)
+        picked = pick_slot(self.slots, request.prompt, request.params.pin)
         if picked is None:
             return _PARK
         slot, reuse = picked
@@ -309,6 +314,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         stats.cached_tokens = reuse
         stats.finish_reason = "length"
         slot.busy = True
+        slot.pin = request.params.pin
         slot.last_used = time.monotonic()
         return _Sequence(request, stats, put, slot, sampler, list(request.prompt[reuse:]))
 

@@ -155,6 +155,7 @@ class ResponsesService:
             stop_token_ids=plan.stop_token_ids,
             json_schema=plan.grammar_key(),
             gbnf=plan.gbnf,
+            pin=req.prompt_cache_key or d.context.conversation_id,
         )
         store = req.store is not False
         conversation_id = d.context.conversation_id
