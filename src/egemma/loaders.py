@@ -33,7 +33,10 @@ def _load_llama(name: str, path: Path, settings: Settings) -> Any:
     if settings.batch.engine == "batched":
         from egemma.engines.batched import BatchedLlamaChatEngine
 
-        return BatchedLlamaChatEngine.load_batched(name, path, settings.chat, settings.batch)
+        state_dir = settings.server.data_dir / "kv-slots"
+        return BatchedLlamaChatEngine.load_batched(
+            name, path, settings.chat, settings.batch, state_dir
+        )
     from egemma.engines.llamacpp import LlamaChatEngine
 
     return LlamaChatEngine.load(name, path, settings.chat)

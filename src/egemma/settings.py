@@ -351,6 +351,12 @@ class BatchSettings(BaseSettings):
         le=65536,
         description="Prompt tokens prefilled per decode step beside the running streams.",
     )
+    kv_disk_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        le=1 << 40,
+        description="Disk budget for evicted KV slot state files in DATA_DIR/kv-slots (0: off).",
+    )
 
 
 GROUPS: dict[str, type[BaseSettings]] = {

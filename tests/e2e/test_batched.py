@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -223,3 +224,35 @@ def test_prompt_cache_key_pins_a_conversation(batched_server: LiveServer) -> Non
     assert first.usage is not None
     assert again.usage is not None
     assert again.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
+
+
+def test_a_pinned_slot_is_restored_after_a_restart(tmp_path: Path) -> None:
+    text = "Explain how tides are caused by the moon and the sun, step by step. " * 6
+
+    def ask(server: LiveServer) -> Any:
+        oai = OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+        answer = oai.responses.create(
+            model=SMOL, input=text, max_output_tokens=4, extra_body={"prompt_cache_key": "tides"}
+        )
+        assert answer.usage is not None
+        return answer.usage
+
+    env = {"CHAT_ENGINE": "batched", "CHAT_PARALLEL": "2", "CHAT_EXTRA_MODELS": ""}
+    first_server = LiveServer(create_app(real_settings(tmp_path, **env)))
+    first_server.start(timeout=300)
+    try:
+        cold = ask(first_server)
+    finally:
+        first_server.stop()
+    assert cold.input_tokens_details.cached_tokens == 0
+    assert list((tmp_path / "kv-slots").rglob("*.kv")), "the slot was written on shutdown"
+    # A foreign or corrupt file beside it is ignored, not fatal.
+    for folder in (tmp_path / "kv-slots").iterdir():
+        (folder / ("0" * 64 + ".kv")).write_bytes(b"not a llama.cpp state file")
+    second_server = LiveServer(create_app(real_settings(tmp_path, **env)))
+    second_server.start(timeout=300)
+    try:
+        warm = ask(second_server)
+    finally:
+        second_server.stop()
+    assert warm.input_tokens_details.cached_tokens >= cold.input_tokens - 2

@@ -34,6 +34,7 @@ from egemma.engines.base import (
     SamplingParams,
     TokenStream,
 )
+from egemma.engines.kvstate import KvStateFiles, fingerprint
 from egemma.engines.llamacpp import LlamaChatEngine
 from egemma.engines.queue import ModelQueue
 from egemma.settings import BatchSettings, ChatSettings
@@ -155,7 +156,13 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
     """A GGUF served to ``CHAT_PARALLEL`` sequences at once from one context."""
 
     def __init__(
-        self, name: str, path: Path, llm: Any, settings: ChatSettings, batch: BatchSettings
+        self,
+        name: str,
+        path: Path,
+        llm: Any,
+        settings: ChatSettings,
+        batch: BatchSettings,
+        state_dir: Path | None = None,
     ) -> None:
         super().__init__(name, path, llm, settings)
         import llama_cpp
@@ -180,6 +187,9 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(llm._model.vocab)
         self.slots = [KvSlot(i) for i in range(self.parallel)]
+        budget = batch.kv_disk_bytes if state_dir is not None else 0
+        root = (state_dir or Path()) / fingerprint(path)
+        self._state = KvStateFiles(llama_cpp, self._ctx, root, budget, self.n_ctx)
         self._incoming: list[tuple[GenerationRequest, GenerationStats, Put]] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -188,7 +198,12 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
 
     @classmethod
     def load_batched(
-        cls, name: str, path: Path, settings: ChatSettings, batch: BatchSettings
+        cls,
+        name: str,
+        path: Path,
+        settings: ChatSettings,
+        batch: BatchSettings,
+        state_dir: Path | None = None,
     ) -> BatchedLlamaChatEngine:
         from llama_cpp import Llama
 
@@ -206,7 +221,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             flash_attn=settings.flash_attn,
             verbose=False,
         )
-        return cls(name, path, llm, settings, batch)
+        return cls(name, path, llm, settings, batch, state_dir)
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -299,6 +314,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         if picked is None:
             return _PARK
         slot, reuse = picked
+        reuse = self._restore(slot, request, reuse)
         stats.prompt_tokens = len(request.prompt)
         try:
             sampler = self._sampler(request.params)
@@ -317,6 +333,21 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         slot.pin = request.params.pin
         slot.last_used = time.monotonic()
         return _Sequence(request, stats, put, slot, sampler, list(request.prompt[reuse:]))
+
+    def _restore(self, slot: KvSlot, request: GenerationRequest, reuse: int) -> int:
+        """Evict ``slot`` for ``request``: a pinned slot's state goes to disk; a pinned
+        request whose slot was evicted earlier (or before a restart) gets its state back."""
+        pin = request.params.pin
+        if slot.pin == pin:
+            return reuse
+        if slot.pin is not None:
+            self._state.save(slot.pin, slot.seq_id, slot.tokens)
+        if pin is None or not self._state.has(pin):
+            return reuse
+        self._llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+        slot.tokens = self._state.load(pin, slot.seq_id) or []
+        log.info("restored %d KV tokens for a pinned conversation", len(slot.tokens))
+        return min(common_prefix(slot.tokens, request.prompt), max(len(request.prompt) - 1, 0))
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         if seq.done:
@@ -340,26 +371,46 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
                     self._cond.wait()
                 if self._stopping:
                     break
-                waiting = self._incoming
-                self._incoming = []
-            for item in waiting:
-                seq = self._start(*item)
-                if isinstance(seq, _Sequence):
-                    active.append(seq)
-                elif seq is _PARK:
-                    self._park(item)
+                waiting, self._incoming = self._incoming, []
+            active += self._place(waiting)
             try:
                 self._step(active)
             except Exception as exc:  # a failed decode ends every stream in it, not the server
                 log.exception("batched decode failed")
-                for seq in active:
-                    seq.put(exc)
-                    self._finish(seq, "")
-                    self._llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, -1, -1)
-                    seq.slot.tokens.clear()
+                self._fail(active, exc)
             active = [s for s in active if not s.done]
+        self._shutdown(active)
+
+    def _place(
+        self, waiting: list[tuple[GenerationRequest, GenerationStats, Put]]
+    ) -> list[_Sequence]:
+        placed: list[_Sequence] = []
+        for item in waiting:
+            seq = self._start(*item)
+            if isinstance(seq, _Sequence):
+                placed.append(seq)
+            elif seq is _PARK:
+                self._park(item)
+        return placed
+
+    def _fail(self, active: list[_Sequence], exc: Exception) -> None:
+        for seq in active:
+            seq.put(exc)
+            self._finish(seq, "")
+            self._llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, -1, -1)
+            seq.slot.tokens.clear()
+
+    def _shutdown(self, active: list[_Sequence]) -> None:
         for seq in active:
             self._finish(seq, "cancelled")
+        for slot in self.slots:  # pinned conversations survive the restart
+            if slot.pin is not None:
+                self._state.save(slot.pin, slot.seq_id, slot.tokens)
+        with self._cond:
+            for _request, stats, put in self._incoming:
+                stats.finish_reason = "cancelled"
+                put(_DONE)
+            self._incoming = []
 
     def _park(self, item: tuple[GenerationRequest, GenerationStats, Put]) -> None:
         request, stats, put = item
