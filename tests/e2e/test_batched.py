@@ -21,12 +21,36 @@ from openai import OpenAI
 
 from egemma.app import create_app
 from tests.e2e.conftest import KEY, SMOL, real_settings
-from tests.e2e.test_responses_sdk import ANSWER_SCHEMA, WEATHER, check_sequence, raw_events
+from tests.e2e.test_responses_sdk import ANSWER_SCHEMA, WEATHER, check_sequence
 from tests.servers import LiveServer
 
 pytestmark = pytest.mark.slow
 
-PARALLEL = 4
+PARALLEL = 8
+TIMEOUT = 600  # generous: the shared 2-core CI box runs these beside other work
+
+
+def raw_events(server: LiveServer, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    events = []
+    with (
+        httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http,
+        http.stream(
+            "POST",
+            "/v1/responses",
+            json={**payload, "stream": True},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        name = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                assert event["type"] == name
+                events.append(event)
+    return events
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +63,7 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSer
         CHAT_EXTRA_MODELS="",
         CHAT_N_CTX="1024",
         CHAT_QUEUE_SIZE="64",
+        CHAT_QUEUE_TIMEOUT="900",
     )
     server = LiveServer(create_app(settings))
     server.start(timeout=300)
@@ -46,11 +71,15 @@ def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSer
     server.stop()
 
 
+def client(server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
+
+
 def engine_of(server: LiveServer) -> Any:
     return server.app.state.egemma.engines.chat[SMOL]
 
 
-def wait_idle(server: LiveServer, timeout: float = 60.0) -> None:
+def wait_idle(server: LiveServer, timeout: float = 300.0) -> None:
     engine = engine_of(server)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,11 +91,12 @@ def wait_idle(server: LiveServer, timeout: float = 60.0) -> None:
 
 
 def body(kind: str, i: int) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": SMOL, "max_output_tokens": 40, "temperature": 0.0}
+    base: dict[str, Any] = {"model": SMOL, "max_output_tokens": 16, "temperature": 0.0}
     if kind == "tool":
         return {
             **base,
             "input": f"What is the weather in city number {i}?",
+            "max_output_tokens": 48,
             "tools": [WEATHER],
             "tool_choice": "required",
         }
@@ -74,7 +104,7 @@ def body(kind: str, i: int) -> dict[str, Any]:
         return {
             **base,
             "input": f"Answer briefly: what is {i} plus {i}?",
-            "max_output_tokens": 60,
+            "max_output_tokens": 40,
             "text": {
                 "format": {
                     "type": "json_schema",
@@ -107,7 +137,7 @@ def check_kind(kind: str, final: dict[str, Any]) -> None:
 def test_health_reports_the_slots(batched_server: LiveServer) -> None:
     health = httpx.get(f"{batched_server.base_url}/health", timeout=10).json()
     text = json.dumps(health)
-    assert '"parallel": 4' in text
+    assert f'"parallel": {PARALLEL}' in text
     assert '"kv_bytes"' in text
 
 
@@ -129,9 +159,9 @@ def test_one_cancelled_stream_leaves_the_others_untouched(batched_server: LiveSe
     started = threading.Event()
 
     def cancelled() -> int:
-        payload = {**body("plain", 99), "stream": True, "max_output_tokens": 200}
+        payload = {**body("plain", 99), "stream": True, "max_output_tokens": 100}
         with (
-            httpx.Client(base_url=batched_server.base_url, timeout=120) as http,
+            httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT) as http,
             http.stream(
                 "POST", "/v1/responses", json=payload, headers={"Authorization": f"Bearer {KEY}"}
             ) as resp,
@@ -143,7 +173,7 @@ def test_one_cancelled_stream_leaves_the_others_untouched(batched_server: LiveSe
         return 0
 
     def other(i: int) -> list[dict[str, Any]]:
-        started.wait(120)
+        started.wait(TIMEOUT)
         return raw_events(batched_server, body("plain", i))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -162,7 +192,7 @@ def test_many_aborted_streams_leak_nothing(batched_server: LiveServer) -> None:
     def abort(i: int) -> None:
         payload = {**body("plain", i), "stream": True, "max_output_tokens": 16}
         with (
-            httpx.Client(base_url=batched_server.base_url, timeout=120) as http,
+            httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT) as http,
             http.stream(
                 "POST", "/v1/responses", json=payload, headers={"Authorization": f"Bearer {KEY}"}
             ) as resp,
@@ -171,7 +201,7 @@ def test_many_aborted_streams_leak_nothing(batched_server: LiveServer) -> None:
                 if n >= i % 7:  # leave at varied points: before, during and after prefill
                     return
 
-    aborts = 60
+    aborts = 24
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(abort, range(aborts)))
     wait_idle(batched_server)
@@ -184,7 +214,7 @@ def test_many_aborted_streams_leak_nothing(batched_server: LiveServer) -> None:
 
 def test_interleaved_conversations_both_keep_their_prefix(batched_server: LiveServer) -> None:
     wait_idle(batched_server)
-    oai = OpenAI(base_url=f"{batched_server.base_url}/v1", api_key=KEY, max_retries=0)
+    oai = client(batched_server)
     long_a = "You are helping plan a garden with tomatoes, basil and beans. " * 8
     long_b = "You are reviewing a Python module that parses CSV files quickly. " * 8
     first = {
@@ -210,7 +240,7 @@ def test_interleaved_conversations_both_keep_their_prefix(batched_server: LiveSe
 
 def test_prompt_cache_key_pins_a_conversation(batched_server: LiveServer) -> None:
     wait_idle(batched_server)
-    oai = OpenAI(base_url=f"{batched_server.base_url}/v1", api_key=KEY, max_retries=0)
+    oai = client(batched_server)
     text = "Describe the history of lighthouses on rocky coasts in detail. " * 6
     first = oai.responses.create(
         model=SMOL, input=text, max_output_tokens=4, extra_body={"prompt_cache_key": "pin-1"}
@@ -230,14 +260,19 @@ def test_a_pinned_slot_is_restored_after_a_restart(tmp_path: Path) -> None:
     text = "Explain how tides are caused by the moon and the sun, step by step. " * 6
 
     def ask(server: LiveServer) -> Any:
-        oai = OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+        oai = OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
         answer = oai.responses.create(
             model=SMOL, input=text, max_output_tokens=4, extra_body={"prompt_cache_key": "tides"}
         )
         assert answer.usage is not None
         return answer.usage
 
-    env = {"CHAT_ENGINE": "batched", "CHAT_PARALLEL": "2", "CHAT_EXTRA_MODELS": ""}
+    env = {
+        "CHAT_ENGINE": "batched",
+        "CHAT_PARALLEL": "2",
+        "CHAT_EXTRA_MODELS": "",
+        "SUMMARY_LOCAL_ENABLED": "false",
+    }
     first_server = LiveServer(create_app(real_settings(tmp_path, **env)))
     first_server.start(timeout=300)
     try:
