@@ -108,6 +108,28 @@ def _penalty_values(params: SamplingParams) -> tuple[float, float, float]:
     )
 
 
+def kv_bytes(metadata: dict[str, str], tokens: int) -> int:
+    """Bytes of an f16 KV cache holding ``tokens`` tokens, from the GGUF's shape."""
+    arch = metadata.get("general.architecture", "")
+    layers = int(metadata.get(f"{arch}.block_count", "0"))
+    heads = int(metadata.get(f"{arch}.attention.head_count", "1"))
+    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", str(heads)))
+    embd = int(metadata.get(f"{arch}.embedding_length", "0"))
+    head_dim = int(metadata.get(f"{arch}.attention.key_length", str(embd // max(heads, 1))))
+    return 2 * 2 * layers * kv_heads * head_dim * tokens
+
+
+def estimate_kv(path: Path, n_ctx: int, parallel: int) -> int:
+    """KV bytes of ``parallel`` slots of ``n_ctx`` tokens, reading only the GGUF's metadata."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return kv_bytes(dict(llm.metadata or {}), n_ctx * parallel)
+    finally:
+        llm.close()
+
+
 class BatchedTokenStream:
     """The tokens of one sequence, pushed by the scheduler thread onto the event loop."""
 
@@ -227,14 +249,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
 
     def kv_bytes(self) -> int:
         """The KV cache of all slots (f16 keys and values), from the model's shape."""
-        arch = self.architecture
-        meta = self.metadata
-        layers = int(meta.get(f"{arch}.block_count", "0"))
-        heads = int(meta.get(f"{arch}.attention.head_count", "1"))
-        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", str(heads)))
-        embd = int(meta.get(f"{arch}.embedding_length", "0"))
-        head_dim = int(meta.get(f"{arch}.attention.key_length", str(embd // max(heads, 1))))
-        return 2 * 2 * layers * kv_heads * head_dim * self.n_ctx * self.parallel
+        return kv_bytes(self.metadata, self.n_ctx * self.parallel)
 
     def slot_report(self) -> dict[str, Any]:
         with self._cond:
