@@ -109,6 +109,14 @@ def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _slots(settings: Settings, path: Path) -> dict[str, int]:
+    """The batched engine's KV memory for one chat model (CHAT_PARALLEL × CHAT_N_CTX)."""
+    from egemma.engines.batched import estimate_kv
+
+    parallel, n_ctx = settings.batch.parallel, settings.chat.n_ctx
+    return {"parallel": parallel, "n_ctx": n_ctx, "kv_bytes": estimate_kv(path, n_ctx, parallel)}
+
+
 def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
     from egemma.modelfiles import ModelFileError, resolve
 
@@ -126,6 +134,8 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
             model = resolve(spec, setting, root, want_dir=want_dir)
             entry.update(path=str(model.path), origin=model.origin, status="ok")
             entry.update(_memory_estimate(settings, capability, model.path))
+            if capability == "chat" and settings.batch.engine == "batched":
+                entry["slots"] = _slots(settings, model.path)
         except ModelFileError as exc:
             entry.update(status="error", reason=str(exc))
         entries.append(entry)

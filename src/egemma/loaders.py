@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -31,6 +33,30 @@ def _fail(engines: Engines, key: str, reason: str) -> None:
     log.error("%s unavailable: %s", key, reason)
 
 
+def _load_llama(name: str, path: Path, settings: Settings) -> Any:
+    """The llama.cpp engine CHAT_ENGINE names: one context (single) or batched slots."""
+    if settings.batch.engine == "batched":
+        from egemma.engines.batched import BatchedLlamaChatEngine
+
+        state_dir = settings.server.data_dir / "kv-slots"
+        return BatchedLlamaChatEngine.load_batched(
+            name, path, settings.chat, settings.batch, state_dir
+        )
+    from egemma.engines.llamacpp import LlamaChatEngine
+
+    return LlamaChatEngine.load(name, path, settings.chat)
+
+
+def _loader(name: str, path: Path, settings: Settings) -> Callable[[], Any]:
+    """What the registry calls to load ``path`` (on first use or at startup)."""
+    return lambda: _load_llama(name, path, settings)
+
+
+def _sequences(settings: Settings) -> int:
+    """KV caches one loaded model holds: one per slot with the batched engine."""
+    return settings.batch.parallel if settings.batch.engine == "batched" else 1
+
+
 def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("chat")
     status.name = settings.chat.model_name or settings.chat.models()[0][0]
@@ -47,7 +73,15 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
                 model = resolve(spec, setting, settings.server.models_root)
                 check_gguf(model.path)
                 # Registered, not loaded: the registry loads it at startup (CHAT_PRELOAD) or on use.
-                engine = managed_chat(registry, name, model.path, settings.chat, "chat")
+                engine = managed_chat(
+                    registry,
+                    name,
+                    model.path,
+                    settings.chat,
+                    "chat",
+                    load=_loader(name, model.path, settings),
+                    kv_sequences=_sequences(settings),
+                )
         except (ModelFileError, ValueError, OSError) as exc:
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)
@@ -227,6 +261,16 @@ async def load_all(settings: Settings, engines: Engines, prompts: PromptFormats)
         await anyio.to_thread.run_sync(loader, settings, engines, prompts)
     if engines.registry is not None:
         await preload(settings.models, engines.registry, engines.chat_default)
+    _report_slots(engines)
+
+
+def _report_slots(engines: Engines) -> None:
+    """The batched engine's KV slots in ``/health`` (once the main model is loaded)."""
+    default = engines.chat.get(engines.chat_default or "")
+    inner = getattr(default, "loaded", None) or default
+    report = getattr(inner, "slot_report", None)
+    if report is not None:
+        engines.capability("chat").detail["slots"] = report()
 
 
 def _registry(settings: Settings, engines: Engines) -> ModelRegistry:

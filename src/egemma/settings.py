@@ -512,9 +512,36 @@ class UpstreamSettings(BaseSettings):
     )
 
 
+class BatchSettings(BaseSettings):
+    """The batched llama.cpp engine (issue 12): several sequences decoded together."""
+
+    model_config = _config("CHAT_")
+
+    engine: Literal["single", "batched"] = Field(
+        "single",
+        description="llama.cpp engine: one context per generation (single) or batched slots.",
+    )
+    parallel: int = Field(
+        4, ge=1, le=64, description="Sequences decoded together per model (batched engine)."
+    )
+    step_tokens: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="Prompt tokens prefilled per decode step beside the running streams.",
+    )
+    kv_disk_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        le=1 << 40,
+        description="Disk budget for evicted KV slot state files in DATA_DIR/kv-slots (0: off).",
+    )
+
+
 GROUPS: dict[str, type[BaseSettings]] = {
     "server": ServerSettings,
     "chat": ChatSettings,
+    "batch": BatchSettings,
     "summary": SummarySettings,
     "gemini": GeminiSettings,
     "embedding": EmbeddingSettings,
@@ -543,6 +570,7 @@ class Settings:
 
     server: ServerSettings
     chat: ChatSettings
+    batch: BatchSettings
     summary: SummarySettings
     gemini: GeminiSettings
     embedding: EmbeddingSettings

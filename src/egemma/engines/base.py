@@ -70,6 +70,9 @@ class SamplingParams:
     grammar_parts: tuple[tuple[str, str], ...] = ()
     """With ``gbnf``: (rule name, canonical JSON Schema) pairs the engine converts into rules of
     that name, which ``gbnf`` references (a Harmony turn's tool arguments)."""
+    pin: str | None = None
+    """Keeps a conversation on its KV slot (batched engine): ``prompt_cache_key`` or the
+    conversation id."""
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,10 @@ class ModelQueue:
         return self._held > 0
 
     @property
+    def holders(self) -> int:
+        return self._held
+
+    @property
     def depth(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 

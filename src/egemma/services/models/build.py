@@ -5,6 +5,7 @@ loaded at startup, is registered as pinned so its memory counts against the budg
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,26 @@ def build_registry(settings: ModelSettings) -> ModelRegistry:
 
 
 def managed_chat(
-    registry: ModelRegistry, name: str, path: Path, chat: ChatSettings, kind: ModelKind
+    registry: ModelRegistry,
+    name: str,
+    path: Path,
+    chat: ChatSettings,
+    kind: ModelKind,
+    load: Callable[[], Any] | None = None,
+    kv_sequences: int = 1,
 ) -> ManagedChatEngine:
-    """Register ``path`` (blocking: reads its header and vocabulary, not its weights)."""
+    """Register ``path`` (blocking: reads its header and vocabulary, not its weights).
+
+    ``load`` builds the engine (default: one llama.cpp context); ``kv_sequences`` KV caches of
+    ``n_ctx`` tokens each count against the budget (the batched engine's slots)."""
     from egemma.engines.llamacpp import LlamaChatEngine
 
     est = estimate(path, chat.n_ctx, chat.n_batch)
+    kv_cache = est.kv_cache * kv_sequences
+    total = est.total + kv_cache - est.kv_cache
     vocab = VocabModel(path)
 
-    def load() -> Any:
+    def load_single() -> Any:
         return LlamaChatEngine.load(name, path, chat)
 
     entry = registry.add(
@@ -48,11 +60,11 @@ def managed_chat(
             id=name,
             kind=kind,
             path=str(path),
-            estimate=est.total,
-            load=load,
+            estimate=total,
+            load=load or load_single,
             detail={
                 "weights_bytes": est.weights,
-                "kv_cache_bytes": est.kv_cache,
+                "kv_cache_bytes": kv_cache,
                 "compute_bytes": est.compute,
                 "n_ctx": est.n_ctx,
             },

@@ -148,7 +148,9 @@ class ResponsesService:
             plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
         budget = check_context(engine, plan, req.max_output_tokens, chat.max_tokens)
         await check_grammar(engine, plan)
-        params = sampling_params(req, chat, plan, budget)
+        params = sampling_params(
+            req, chat, plan, budget, pin=req.prompt_cache_key or d.context.conversation_id
+        )
         store = req.store is not False
         conversation_id = d.context.conversation_id
         response = new_response(
@@ -291,7 +293,11 @@ class ResponsesService:
 
 
 def sampling_params(
-    req: ResponsesRequest, chat: ChatSettings, plan: PromptPlan, budget: int
+    req: ResponsesRequest,
+    chat: ChatSettings,
+    plan: PromptPlan,
+    budget: int,
+    pin: str | None = None,
 ) -> SamplingParams:
     """The one conversion of a request's sampling fields to engine params (server defaults
     where the request is silent); the response object echoes what this returns."""
@@ -311,6 +317,7 @@ def sampling_params(
         json_schema=plan.grammar_key(),
         gbnf=plan.gbnf,
         grammar_parts=plan.grammar_parts,
+        pin=pin,
     )
 
 

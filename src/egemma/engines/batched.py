@@ -1,0 +1,519 @@
+"""llama.cpp with several sequences in one context: continuous batching behind ``ChatEngine``.
+
+One scheduler thread owns the context (llama.cpp contexts are not thread-safe: llama-cpp-python
+#471). Each step it builds one ``llama_batch``: the next token of every decoding sequence plus
+up to ``CHAT_STEP_TOKENS`` prompt tokens of the sequences still prefilling (chunked prefill, so a
+long prompt never freezes running streams), calls ``llama_decode`` once and samples every
+sequence with its own sampler chain (grammar, penalties, top-k/top-p/min-p, temperature, seed).
+
+KV slots remember: a finished sequence keeps its tokens in the cache, and a new generation goes
+to the idle slot sharing the longest token prefix with its prompt (least recently used first on
+ties), so interleaved conversations each get their prefix back (``cached_tokens``). Admission is
+the same FIFO as the single engine with ``CHAT_PARALLEL`` holders; the scheduler parks a
+generation whose slot is still being freed (a cancelled holder released early) until the next
+step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from egemma.engines.base import (
+    GeneratedToken,
+    GenerationRequest,
+    GenerationStats,
+    SamplingParams,
+    TokenStream,
+)
+from egemma.engines.kvstate import KvStateFiles, fingerprint
+from egemma.engines.llamacpp import LlamaChatEngine, _splice
+from egemma.engines.queue import ModelQueue
+from egemma.settings import BatchSettings, ChatSettings
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+_PARK = object()
+Put = Callable[[Any], None]
+
+
+@dataclass
+class KvSlot:
+    """One sequence id of the context and the tokens its KV cache holds."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+    busy: bool = False
+    pin: str | None = None
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    stats: GenerationStats
+    put: Put
+    slot: KvSlot
+    sampler: Any
+    pending: list[int]
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    last: int = -1
+    done: bool = False
+
+
+def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pick_slot(
+    slots: list[KvSlot], prompt: tuple[int, ...], pin: str | None = None
+) -> tuple[KvSlot, int] | None:
+    """The idle slot pinned to ``pin``, else the one with the longest common prefix, least
+    recently used among equals (unpinned slots go first, so pinned conversations keep theirs).
+    Returns it with the number of prompt tokens it can reuse."""
+    best: tuple[tuple[bool, int, bool, float], KvSlot, int] | None = None
+    for slot in slots:
+        if slot.busy:
+            continue
+        n = common_prefix(slot.tokens, prompt)
+        key = (pin is not None and slot.pin == pin, n, slot.pin is None, -slot.last_used)
+        if best is None or key > best[0]:
+            best = (key, slot, n)
+    if best is None:
+        return None
+    # At least one prompt token is evaluated so there are logits to sample from.
+    return best[1], min(best[2], max(len(prompt) - 1, 0))
+
+
+def _penalty_values(params: SamplingParams) -> tuple[float, float, float]:
+    """(repeat, frequency, presence); the last two exist once the Responses surface adds them."""
+    return (
+        float(getattr(params, "repeat_penalty", 1.0)),
+        float(getattr(params, "frequency_penalty", 0.0)),
+        float(getattr(params, "presence_penalty", 0.0)),
+    )
+
+
+def kv_bytes(metadata: dict[str, str], tokens: int) -> int:
+    """Bytes of an f16 KV cache holding ``tokens`` tokens, from the GGUF's shape."""
+    arch = metadata.get("general.architecture", "")
+    layers = int(metadata.get(f"{arch}.block_count", "0"))
+    heads = int(metadata.get(f"{arch}.attention.head_count", "1"))
+    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", str(heads)))
+    embd = int(metadata.get(f"{arch}.embedding_length", "0"))
+    head_dim = int(metadata.get(f"{arch}.attention.key_length", str(embd // max(heads, 1))))
+    return 2 * 2 * layers * kv_heads * head_dim * tokens
+
+
+def estimate_kv(path: Path, n_ctx: int, parallel: int) -> int:
+    """KV bytes of ``parallel`` slots of ``n_ctx`` tokens, reading only the GGUF's metadata."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return kv_bytes(dict(llm.metadata or {}), n_ctx * parallel)
+    finally:
+        llm.close()
+
+
+class BatchedTokenStream:
+    """The tokens of one sequence, pushed by the scheduler thread onto the event loop."""
+
+    def __init__(self, engine: BatchedLlamaChatEngine, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self.stats = GenerationStats()
+        self._iterator: AsyncIterator[GeneratedToken] | None = None
+
+    def __aiter__(self) -> AsyncIterator[GeneratedToken]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def aclose(self) -> None:
+        self._request.cancel.set()
+        if self._iterator is not None:
+            await self._iterator.aclose()  # type: ignore[attr-defined]
+
+    async def _run(self) -> AsyncIterator[GeneratedToken]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = self._request.cancel
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (shutdown): stop generating
+                cancel.set()
+
+        self._engine.submit(self._request, self.stats, put)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            self._engine.wake()
+
+
+class BatchedLlamaChatEngine(LlamaChatEngine):
+    """A GGUF served to ``CHAT_PARALLEL`` sequences at once from one context."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        llm: Any,
+        settings: ChatSettings,
+        batch: BatchSettings,
+        state_dir: Path | None = None,
+    ) -> None:
+        super().__init__(name, path, llm, settings)
+        import llama_cpp
+
+        self.parallel = batch.parallel
+        self.step_tokens = batch.step_tokens
+        self.n_ctx = min(settings.n_ctx, llm._model.n_ctx_train())
+        self._queue = ModelQueue(settings.queue_size, settings.queue_timeout, batch.parallel)
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx = self.n_ctx * self.parallel
+        params.n_seq_max = self.parallel
+        params.kv_unified = False  # each sequence gets its own n_ctx cells
+        params.n_batch = max(settings.n_batch, self.step_tokens + self.parallel)
+        params.n_ubatch = params.n_batch
+        self._ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not self._ctx:
+            raise ValueError(
+                f"llama.cpp could not allocate {self.parallel} KV slots of {self.n_ctx} tokens "
+                f"(about {self.kv_bytes() // 2**20} MiB); lower CHAT_PARALLEL or CHAT_N_CTX."
+            )
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(llm._model.vocab)
+        self.slots = [KvSlot(i) for i in range(self.parallel)]
+        budget = batch.kv_disk_bytes if state_dir is not None else 0
+        root = (state_dir or Path()) / fingerprint(path)
+        self._state = KvStateFiles(llama_cpp, self._ctx, root, budget, self.n_ctx)
+        self._incoming: list[tuple[GenerationRequest, GenerationStats, Put]] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def load_batched(
+        cls,
+        name: str,
+        path: Path,
+        settings: ChatSettings,
+        batch: BatchSettings,
+        state_dir: Path | None = None,
+    ) -> BatchedLlamaChatEngine:
+        from llama_cpp import Llama
+
+        threads = settings.n_threads or (os.cpu_count() or 1)
+        # This Llama keeps the weights and the tokenizer; its own context stays tiny, the
+        # scheduler decodes in the multi-sequence context built in __init__.
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=256,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_batch=256,
+            n_threads=threads,
+            n_threads_batch=threads,
+            use_mmap=settings.use_mmap,
+            flash_attn=settings.flash_attn,
+            verbose=False,
+        )
+        return cls(name, path, llm, settings, batch, state_dir)
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def kv_bytes(self) -> int:
+        """The KV cache of all slots (f16 keys and values), from the model's shape."""
+        return kv_bytes(self.metadata, self.n_ctx * self.parallel)
+
+    def slot_report(self) -> dict[str, Any]:
+        with self._cond:
+            cached = [len(s.tokens) for s in self.slots]
+            busy = sum(s.busy for s in self.slots)
+        return {
+            "engine": "batched",
+            "parallel": self.parallel,
+            "slot_context": self.n_ctx,
+            "kv_bytes": self.kv_bytes(),
+            "busy_slots": busy,
+            "cached_tokens": cached,
+        }
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        return BatchedTokenStream(self, request)
+
+    def submit(self, request: GenerationRequest, stats: GenerationStats, put: Put) -> None:
+        with self._cond:
+            if self._stopping:
+                put(RuntimeError("the model is closed"))
+                put(_DONE)
+                return
+            self._incoming.append((request, stats, put))
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _sampler(self, params: SamplingParams) -> Any:
+        lc = self._llama_cpp
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        gbnf: str | None = None
+        if params.gbnf is not None and params.grammar_parts:
+            gbnf = _splice(params.gbnf, params.grammar_parts)  # a Harmony turn's tool schemas
+        elif params.gbnf is not None:
+            gbnf = params.gbnf
+        elif params.json_schema is not None:
+            gbnf = self._grammar(params.json_schema)._grammar
+        if gbnf is not None:
+            grammar = lc.llama_sampler_init_grammar(
+                self.llm._model.vocab, gbnf.encode("utf-8"), b"root"
+            )
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                raise ValueError("llama.cpp could not parse the grammar")
+            lc.llama_sampler_chain_add(chain, grammar)
+        repeat, freq, present = _penalty_values(params)
+        if (repeat, freq, present) != (1.0, 0.0, 0.0):
+            penalties = lc.llama_sampler_init_penalties(self._n_vocab, 64, repeat, freq, present)
+            lc.llama_sampler_chain_add(chain, penalties)
+        seed = getattr(params, "seed", None)
+        if params.temperature <= 0.0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(params.top_k))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+        lc.llama_sampler_chain_add(
+            chain, lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED if seed is None else seed)
+        )
+        return chain
+
+    def _start(
+        self, request: GenerationRequest, stats: GenerationStats, put: Put
+    ) -> _Sequence | object:
+        """Place a new generation on a slot; ``_PARK`` to retry next step (no slot free yet),
+        ``_DONE`` when it already ended (cancelled, or its grammar failed)."""
+        if request.cancel.is_set():
+            stats.finish_reason = "cancelled"
+            put(_DONE)
+            return _DONE
+        picked = pick_slot(self.slots, request.prompt, request.params.pin)
+        if picked is None:
+            return _PARK
+        slot, reuse = picked
+        reuse = self._restore(slot, request, reuse)
+        stats.prompt_tokens = len(request.prompt)
+        try:
+            sampler = self._sampler(request.params)
+        except Exception as exc:  # grammar failure: this stream fails, the others go on
+            put(exc)
+            put(_DONE)
+            return _DONE
+        if not self._llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1):
+            # Partial removal is not supported by every cache (sliding-window layers).
+            self._llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            reuse = 0
+        del slot.tokens[reuse:]
+        stats.cached_tokens = reuse
+        stats.finish_reason = "length"
+        slot.busy = True
+        slot.pin = request.params.pin
+        slot.last_used = time.monotonic()
+        return _Sequence(request, stats, put, slot, sampler, list(request.prompt[reuse:]))
+
+    def _restore(self, slot: KvSlot, request: GenerationRequest, reuse: int) -> int:
+        """Evict ``slot`` for ``request``: a pinned slot's state goes to disk; a pinned
+        request whose slot was evicted earlier (or before a restart) gets its state back."""
+        pin = request.params.pin
+        if slot.pin == pin:
+            return reuse
+        if slot.pin is not None:
+            self._state.save(slot.pin, slot.seq_id, slot.tokens)
+        if pin is None or not self._state.has(pin):
+            return reuse
+        self._llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+        slot.tokens = self._state.load(pin, slot.seq_id) or []
+        log.info("restored %d KV tokens for a pinned conversation", len(slot.tokens))
+        return min(common_prefix(slot.tokens, request.prompt), max(len(request.prompt) - 1, 0))
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        if seq.done:
+            return
+        seq.done = True
+        if reason:
+            seq.stats.finish_reason = reason  # type: ignore[assignment]
+        tail = seq.decoder.decode(b"", final=True)
+        if tail and reason != "cancelled":
+            seq.put(GeneratedToken(-1, tail))
+        seq.put(_DONE)
+        self._llama_cpp.llama_sampler_free(seq.sampler)
+        seq.slot.busy = False
+        seq.slot.last_used = time.monotonic()
+
+    def _loop(self) -> None:
+        active: list[_Sequence] = []
+        while True:
+            with self._cond:
+                while not self._stopping and not self._incoming and not active:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                waiting, self._incoming = self._incoming, []
+            active += self._place(waiting)
+            try:
+                self._step(active)
+            except Exception as exc:  # a failed decode ends every stream in it, not the server
+                log.exception("batched decode failed")
+                self._fail(active, exc)
+            active = [s for s in active if not s.done]
+        self._shutdown(active)
+
+    def _place(
+        self, waiting: list[tuple[GenerationRequest, GenerationStats, Put]]
+    ) -> list[_Sequence]:
+        placed: list[_Sequence] = []
+        for item in waiting:
+            seq = self._start(*item)
+            if isinstance(seq, _Sequence):
+                placed.append(seq)
+            elif seq is _PARK:
+                self._park(item)
+        return placed
+
+    def _fail(self, active: list[_Sequence], exc: Exception) -> None:
+        for seq in active:
+            seq.put(exc)
+            self._finish(seq, "")
+            self._llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, -1, -1)
+            seq.slot.tokens.clear()
+
+    def _shutdown(self, active: list[_Sequence]) -> None:
+        for seq in active:
+            self._finish(seq, "cancelled")
+        for slot in self.slots:  # pinned conversations survive the restart
+            if slot.pin is not None:
+                self._state.save(slot.pin, slot.seq_id, slot.tokens)
+        with self._cond:
+            for _request, stats, put in self._incoming:
+                stats.finish_reason = "cancelled"
+                put(_DONE)
+            self._incoming = []
+
+    def _park(self, item: tuple[GenerationRequest, GenerationStats, Put]) -> None:
+        request, stats, put = item
+        if request.cancel.is_set():
+            stats.finish_reason = "cancelled"
+            put(_DONE)
+            return
+        with self._cond:
+            self._incoming.append(item)
+
+    def _step(self, active: list[_Sequence]) -> None:
+        """One ``llama_decode`` for every active sequence, then one sample each."""
+        outputs = self._fill(active)
+        if self._batch.n_tokens == 0:
+            return
+        rc = self._llama_cpp.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        for seq, index in outputs:
+            self._emit(seq, index)
+
+    def _fill(self, active: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+        """The batch: one token per decoding sequence first, then prompt chunks up to the
+        per-step budget. Returns the (sequence, batch index) pairs that want logits."""
+        self._batch.n_tokens = 0
+        outputs: list[tuple[_Sequence, int]] = []
+        for seq in active:
+            if seq.request.cancel.is_set():
+                self._finish(seq, "cancelled")
+            elif not seq.pending:
+                outputs.append((seq, self._add(seq, seq.last, True)))
+        budget = self.step_tokens
+        for seq in active:
+            if seq.done or not seq.pending or budget <= 0:
+                continue
+            chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
+            budget -= len(chunk)
+            for token in chunk[:-1]:
+                self._add(seq, token, False)
+            index = self._add(seq, chunk[-1], not seq.pending)
+            if not seq.pending:
+                outputs.append((seq, index))
+        return outputs
+
+    def _add(self, seq: _Sequence, token: int, logits: bool) -> int:
+        batch = self._batch
+        n = batch.n_tokens
+        batch.token[n] = token
+        batch.pos[n] = len(seq.slot.tokens)
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq.slot.seq_id
+        batch.logits[n] = logits
+        batch.n_tokens = n + 1
+        seq.slot.tokens.append(token)
+        return int(n)
+
+    def _emit(self, seq: _Sequence, index: int) -> None:
+        params, stats = seq.request.params, seq.stats
+        if seq.request.cancel.is_set():  # checked before every token
+            self._finish(seq, "cancelled")
+            return
+        token = int(self._llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index))
+        if token in params.stop_token_ids or self.is_eog(token):
+            seq.put(GeneratedToken(token, ""))
+            self._finish(seq, "stop")
+            return
+        stats.completion_tokens += 1
+        piece = bytes(self.llm.detokenize([token]))
+        seq.put(GeneratedToken(token, seq.decoder.decode(piece)))
+        seq.last = token
+        full = len(seq.slot.tokens) + 1 >= self.n_ctx
+        if stats.completion_tokens >= params.max_tokens or full:
+            self._finish(seq, "length")
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._queue.close()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+        lc = self._llama_cpp
+        if getattr(self, "_batch", None) is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        ctx, self._ctx = self._ctx, None
+        if ctx:
+            lc.llama_free(ctx)
+        super().close()

@@ -1,0 +1,294 @@
+"""The batched llama.cpp engine (CHAT_ENGINE=batched) through a real server and the shipped
+SmolLM2: concurrent streams of every kind, a cancel that spares the others, aborts that leak
+nothing, and interleaved conversations that keep their KV prefix.
+
+Tiny model: these assert protocol shape, validity and accounting, never answer quality."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from openai import OpenAI
+
+from egemma.app import create_app
+from tests.e2e.conftest import KEY, SMOL, real_settings
+from tests.e2e.test_responses_sdk import ANSWER_SCHEMA, WEATHER, check_sequence
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.slow
+
+PARALLEL = 8
+TIMEOUT = 600  # generous: the shared 2-core CI box runs these beside other work
+
+
+def raw_events(server: LiveServer, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    events = []
+    with (
+        httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as http,
+        http.stream(
+            "POST",
+            "/v1/responses",
+            json={**payload, "stream": True},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        name = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                assert event["type"] == name
+                events.append(event)
+    return events
+
+
+@pytest.fixture(scope="module")
+def batched_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data = tmp_path_factory.mktemp("batched-data")
+    settings = real_settings(
+        data,
+        CHAT_ENGINE="batched",
+        CHAT_PARALLEL=str(PARALLEL),
+        CHAT_EXTRA_MODELS="",
+        CHAT_N_CTX="1024",
+        CHAT_QUEUE_SIZE="64",
+        CHAT_QUEUE_TIMEOUT="900",
+    )
+    server = LiveServer(create_app(settings))
+    server.start(timeout=300)
+    yield server
+    server.stop()
+
+
+def client(server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
+
+
+def engine_of(server: LiveServer) -> Any:
+    return server.app.state.egemma.engines.chat[SMOL]
+
+
+def wait_idle(server: LiveServer, timeout: float = 300.0) -> None:
+    engine = engine_of(server)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = engine.admission_stats()
+        if engine.slot_report()["busy_slots"] == 0 and stats.depth == 0 and not stats.busy:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"engine not idle: {engine.slot_report()} {engine.admission_stats()}")
+
+
+def body(kind: str, i: int) -> dict[str, Any]:
+    base: dict[str, Any] = {"model": SMOL, "max_output_tokens": 16, "temperature": 0.0}
+    if kind == "tool":
+        return {
+            **base,
+            "input": f"What is the weather in city number {i}?",
+            "max_output_tokens": 40,
+            "tools": [WEATHER],
+            "tool_choice": "required",
+        }
+    if kind == "json":
+        return {
+            **base,
+            "input": f"Answer briefly: what is {i} plus {i}?",
+            "max_output_tokens": 40,
+            "text": {
+                "format": {
+                    "type": "json_schema",
+                    "name": "answer",
+                    "schema": ANSWER_SCHEMA,
+                    "strict": True,
+                }
+            },
+        }
+    return {**base, "input": f"Write one sentence about the number {i}."}
+
+
+def check_kind(kind: str, final: dict[str, Any]) -> None:
+    if kind == "tool":
+        calls = [o for o in final["output"] if o["type"] == "function_call"]
+        assert calls, final["output"]
+        assert calls[0]["name"] == "get_weather"
+        jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["parameters"])
+    elif kind == "json" and final["status"] == "completed":
+        texts = [
+            c["text"]
+            for o in final["output"]
+            if o["type"] == "message"
+            for c in o["content"]
+            if c["type"] == "output_text"
+        ]
+        jsonschema.validate(json.loads("".join(texts)), ANSWER_SCHEMA)
+
+
+def test_health_reports_the_slots(batched_server: LiveServer) -> None:
+    health = httpx.get(f"{batched_server.base_url}/health", timeout=10).json()
+    text = json.dumps(health)
+    assert f'"parallel": {PARALLEL}' in text
+    assert '"kv_bytes"' in text
+
+
+@pytest.mark.timeout(1200)  # eight streams with grammars on a shared 2-core box
+def test_eight_concurrent_streams_of_every_kind_complete(batched_server: LiveServer) -> None:
+    kinds = ["tool", "json", "plain", "tool", "json", "plain", "tool", "plain"]
+
+    def run(i: int) -> tuple[str, list[dict[str, Any]]]:
+        return kinds[i], raw_events(batched_server, body(kinds[i], i))
+
+    with ThreadPoolExecutor(max_workers=len(kinds)) as pool:
+        results = list(pool.map(run, range(len(kinds))))
+    for kind, events in results:
+        final = check_sequence(events)
+        check_kind(kind, final)
+    wait_idle(batched_server)
+
+
+def test_one_cancelled_stream_leaves_the_others_untouched(batched_server: LiveServer) -> None:
+    started = threading.Event()
+
+    def cancelled() -> int:
+        payload = {**body("plain", 99), "stream": True, "max_output_tokens": 100}
+        with (
+            httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT) as http,
+            http.stream(
+                "POST", "/v1/responses", json=payload, headers={"Authorization": f"Bearer {KEY}"}
+            ) as resp,
+        ):
+            for line in resp.iter_lines():
+                if "output_text.delta" in line:
+                    started.set()
+                    return 1
+        return 0
+
+    def other(i: int) -> list[dict[str, Any]]:
+        started.wait(TIMEOUT)
+        return raw_events(batched_server, body("plain", i))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        others = [pool.submit(other, i) for i in range(3)]
+        assert pool.submit(cancelled).result() == 1
+        for future in others:
+            final = check_sequence(future.result())
+            assert final["output"], final
+    wait_idle(batched_server)
+
+
+def test_many_aborted_streams_leak_nothing(batched_server: LiveServer) -> None:
+    engine = engine_of(batched_server)
+    before = engine.admission_stats()
+
+    def abort(i: int) -> None:
+        payload = {**body("plain", i), "stream": True, "max_output_tokens": 16}
+        with (
+            httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT) as http,
+            http.stream(
+                "POST", "/v1/responses", json=payload, headers={"Authorization": f"Bearer {KEY}"}
+            ) as resp,
+        ):
+            for n, _line in enumerate(resp.iter_lines()):
+                if n >= i % 7:  # leave at varied points: before, during and after prefill
+                    return
+
+    aborts = 24
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(abort, range(aborts)))
+    wait_idle(batched_server)
+    after = engine.admission_stats()
+    assert after.admitted - before.admitted + after.abandoned - before.abandoned >= aborts // 2
+    # The server still serves a whole answer afterwards.
+    final = check_sequence(raw_events(batched_server, body("plain", 7)))
+    assert final["status"] in ("completed", "incomplete")
+
+
+def test_interleaved_conversations_both_keep_their_prefix(batched_server: LiveServer) -> None:
+    wait_idle(batched_server)
+    oai = client(batched_server)
+    long_a = "You are helping plan a garden with tomatoes, basil and beans. " * 8
+    long_b = "You are reviewing a Python module that parses CSV files quickly. " * 8
+    first = {
+        name: oai.responses.create(
+            model=SMOL, instructions=text, input="Say hello.", max_output_tokens=8
+        )
+        for name, text in (("a", long_a), ("b", long_b))
+    }
+    for name, text in (("a", long_a), ("b", long_b)):
+        second = oai.responses.create(
+            model=SMOL,
+            instructions=text,
+            input="And now say goodbye.",
+            previous_response_id=first[name].id,
+            max_output_tokens=8,
+        )
+        assert second.usage is not None
+        assert first[name].usage is not None
+        cached = second.usage.input_tokens_details.cached_tokens
+        # Its whole first turn's prompt is still in its slot despite the other conversation.
+        assert cached >= first[name].usage.input_tokens - 2, (name, cached, first[name].usage)
+
+
+def test_prompt_cache_key_pins_a_conversation(batched_server: LiveServer) -> None:
+    wait_idle(batched_server)
+    oai = client(batched_server)
+    text = "Describe the history of lighthouses on rocky coasts in detail. " * 6
+    first = oai.responses.create(
+        model=SMOL, input=text, max_output_tokens=4, extra_body={"prompt_cache_key": "pin-1"}
+    )
+    # More distinct conversations than slots pass through; the pinned one keeps its slot.
+    for i in range(PARALLEL + 1):
+        oai.responses.create(model=SMOL, input=f"Count to {i}.", max_output_tokens=4)
+    again = oai.responses.create(
+        model=SMOL, input=text, max_output_tokens=4, extra_body={"prompt_cache_key": "pin-1"}
+    )
+    assert first.usage is not None
+    assert again.usage is not None
+    assert again.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
+
+
+def test_a_pinned_slot_is_restored_after_a_restart(tmp_path: Path) -> None:
+    text = "Explain how tides are caused by the moon and the sun, step by step. " * 6
+
+    def ask(server: LiveServer) -> Any:
+        oai = OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
+        answer = oai.responses.create(
+            model=SMOL, input=text, max_output_tokens=4, extra_body={"prompt_cache_key": "tides"}
+        )
+        assert answer.usage is not None
+        return answer.usage
+
+    env = {
+        "CHAT_ENGINE": "batched",
+        "CHAT_PARALLEL": "2",
+        "CHAT_EXTRA_MODELS": "",
+        "SUMMARY_LOCAL_ENABLED": "false",
+    }
+    first_server = LiveServer(create_app(real_settings(tmp_path, **env)))
+    first_server.start(timeout=300)
+    try:
+        cold = ask(first_server)
+    finally:
+        first_server.stop()
+    assert cold.input_tokens_details.cached_tokens == 0
+    assert list((tmp_path / "kv-slots").rglob("*.kv")), "the slot was written on shutdown"
+    # A foreign or corrupt file beside it is ignored, not fatal.
+    for folder in (tmp_path / "kv-slots").iterdir():
+        (folder / ("0" * 64 + ".kv")).write_bytes(b"not a llama.cpp state file")
+    second_server = LiveServer(create_app(real_settings(tmp_path, **env)))
+    second_server.start(timeout=300)
+    try:
+        warm = ask(second_server)
+    finally:
+        second_server.stop()
+    assert warm.input_tokens_details.cached_tokens >= cold.input_tokens - 2
