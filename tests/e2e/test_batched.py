@@ -76,7 +76,9 @@ def client(server: LiveServer) -> OpenAI:
 
 
 def engine_of(server: LiveServer) -> Any:
-    return server.app.state.egemma.engines.chat[SMOL]
+    """The batched engine itself (the registry's managed engine wraps it once loaded)."""
+    chat = server.app.state.egemma.engines.chat[SMOL]
+    return getattr(chat, "loaded", None) or chat
 
 
 def wait_idle(server: LiveServer, timeout: float = 300.0) -> None:

@@ -228,7 +228,15 @@ def test_upstream_down_then_back(remote: LiveServer, upstream: Upstream) -> None
         assert httpx.get(f"{remote.base_url}/ready").status_code == 503
     finally:
         upstream.start()
-    resp = httpx.post(f"{remote.base_url}/v1/responses", json=body, headers=AUTH, timeout=600)
+    # A client that honours the 503 retries; the engine re-probes at most once a second, so a
+    # probe that saw the upstream still starting may answer one more 503 before it recovers.
+    deadline = time.monotonic() + 60
+    while True:
+        resp = httpx.post(f"{remote.base_url}/v1/responses", json=body, headers=AUTH, timeout=600)
+        if resp.status_code != 503 or time.monotonic() > deadline:
+            break
+        assert resp.json()["error"]["code"] == "upstream_unavailable"
+        time.sleep(1.5)
     assert resp.status_code == 200, resp.text
     assert resp.json()["status"] in ("completed", "incomplete")
     wait_for(lambda: chat_health(remote)["status"] == "loaded", "/health to recover")
