@@ -37,6 +37,7 @@ from egemma.engines.base import (
 from egemma.engines.kvstate import KvStateFiles, fingerprint
 from egemma.engines.llamacpp import LlamaChatEngine, _splice
 from egemma.engines.queue import ModelQueue
+from egemma.engines.threaded import LazyTokenStream, loop_sink
 from egemma.settings import BatchSettings, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -130,36 +131,17 @@ def estimate_kv(path: Path, n_ctx: int, parallel: int) -> int:
         llm.close()
 
 
-class BatchedTokenStream:
+class BatchedTokenStream(LazyTokenStream):
     """The tokens of one sequence, pushed by the scheduler thread onto the event loop."""
 
     def __init__(self, engine: BatchedLlamaChatEngine, request: GenerationRequest) -> None:
+        super().__init__(request)
         self._engine = engine
-        self._request = request
-        self.stats = GenerationStats()
-        self._iterator: AsyncIterator[GeneratedToken] | None = None
-
-    def __aiter__(self) -> AsyncIterator[GeneratedToken]:
-        if self._iterator is None:
-            self._iterator = self._run()
-        return self._iterator
-
-    async def aclose(self) -> None:
-        self._request.cancel.set()
-        if self._iterator is not None:
-            await self._iterator.aclose()  # type: ignore[attr-defined]
 
     async def _run(self) -> AsyncIterator[GeneratedToken]:
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = self._request.cancel
-
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone (shutdown): stop generating
-                cancel.set()
-
+        put = loop_sink(queue, cancel)
         self._engine.submit(self._request, self.stats, put)
         try:
             while True:

@@ -54,6 +54,7 @@ from egemma.engines.base import (
 )
 from egemma.engines.llamacpp import MAX_GBNF_BYTES, _property_order
 from egemma.engines.queue import ModelQueue
+from egemma.engines.threaded import LazyTokenStream
 from egemma.errors import InvalidRequestError, UnavailableError, UpstreamError
 from egemma.settings import ChatSettings, UpstreamSettings
 
@@ -344,25 +345,13 @@ class RemoteChatEngine:
             close()
 
 
-class RemoteTokenStream:
+class RemoteTokenStream(LazyTokenStream):
     """One upstream generation read from its SSE stream; closing it closes the connection,
     which makes the upstream stop generating (both llama.cpp servers check between tokens)."""
 
     def __init__(self, engine: RemoteChatEngine, request: GenerationRequest) -> None:
+        super().__init__(request, GenerationStats(prompt_tokens=len(request.prompt)))
         self._engine = engine
-        self._request = request
-        self.stats = GenerationStats(prompt_tokens=len(request.prompt))
-        self._iterator: AsyncIterator[GeneratedToken] | None = None
-
-    def __aiter__(self) -> AsyncIterator[GeneratedToken]:
-        if self._iterator is None:
-            self._iterator = self._run()
-        return self._iterator
-
-    async def aclose(self) -> None:
-        self._request.cancel.set()
-        if self._iterator is not None:
-            await self._iterator.aclose()  # type: ignore[attr-defined]
 
     async def _run(self) -> AsyncIterator[GeneratedToken]:
         engine, cancel, stats = self._engine, self._request.cancel, self.stats

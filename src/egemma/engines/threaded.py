@@ -8,6 +8,8 @@ side alone would not stop a C loop (reliability.md §1). Ending or closing the s
 from __future__ import annotations
 
 import asyncio
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -19,16 +21,13 @@ _DONE = object()
 Producer = Callable[[GenerationRequest, GenerationStats], Iterator[GeneratedToken]]
 
 
-class ThreadedTokenStream:
-    """Runs ``produce(request, stats)`` on ``executor`` once iteration starts."""
+class LazyTokenStream(ABC):
+    """One generation's tokens: started when iteration starts (``_run``), cancelled on close.
+    Every engine's stream is one of these."""
 
-    def __init__(
-        self, produce: Producer, request: GenerationRequest, executor: Executor | None = None
-    ) -> None:
-        self._produce = produce
+    def __init__(self, request: GenerationRequest, stats: GenerationStats | None = None) -> None:
         self._request = request
-        self._executor = executor
-        self.stats = GenerationStats()
+        self.stats = stats if stats is not None else GenerationStats()
         self._iterator: AsyncIterator[GeneratedToken] | None = None
 
     def __aiter__(self) -> AsyncIterator[GeneratedToken]:
@@ -41,16 +40,40 @@ class ThreadedTokenStream:
         if self._iterator is not None:
             await self._iterator.aclose()  # type: ignore[attr-defined]
 
+    @abstractmethod
+    def _run(self) -> AsyncIterator[GeneratedToken]:
+        """The token loop (an async generator)."""
+
+
+def loop_sink(queue: asyncio.Queue[Any], cancel: threading.Event) -> Callable[[Any], None]:
+    """A thread-safe ``put`` onto ``queue`` on the running loop; a loop that is gone (shutdown)
+    cancels the generation instead."""
+    loop = asyncio.get_running_loop()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:
+            cancel.set()
+
+    return put
+
+
+class ThreadedTokenStream(LazyTokenStream):
+    """Runs ``produce(request, stats)`` on ``executor`` once iteration starts."""
+
+    def __init__(
+        self, produce: Producer, request: GenerationRequest, executor: Executor | None = None
+    ) -> None:
+        super().__init__(request)
+        self._produce = produce
+        self._executor = executor
+
     async def _run(self) -> AsyncIterator[GeneratedToken]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = self._request.cancel
-
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone (shutdown): stop generating
-                cancel.set()
+        put = loop_sink(queue, cancel)
 
         def worker() -> None:
             try:
