@@ -139,35 +139,46 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
         except ModelFileError as exc:
             entry.update(status="error", reason=str(exc))
         entries.append(entry)
-    budget = _budget(settings)
+    budget, vram_budget = _budgets(settings)
     for entry in entries:
         if "estimated_bytes" in entry:
             entry["fits_memory_budget"] = entry["estimated_bytes"] <= budget
+        if vram_budget is not None and "vram_estimated_bytes" in entry:
+            entry["fits_vram_budget"] = entry["vram_estimated_bytes"] <= vram_budget
     print(f"memory budget (MODEL_MEMORY_BUDGET): {budget} bytes", file=sys.stderr)
+    if vram_budget is not None:
+        print(f"GPU memory budget (MODEL_VRAM_BUDGET): {vram_budget} bytes", file=sys.stderr)
     print(json.dumps(entries, indent=2))
     return 0 if all(e["status"] == "ok" for e in entries) else 1
 
 
-def _budget(settings: Settings) -> int:
+def _budgets(settings: Settings) -> tuple[int, int | None]:
     from egemma.services.models.build import build_registry
 
-    return build_registry(settings.models).budget
+    registry = build_registry(settings.models, settings.chat.n_gpu_layers)
+    return registry.budget, registry.vram_budget
 
 
 def _memory_estimate(settings: Settings, capability: str, path: Path) -> dict[str, Any]:
     """What loading the model would take (GGUF header; ONNX folder size), without loading it."""
     from egemma.services.models.build import folder_bytes
     from egemma.services.models.gguf import GgufError, estimate
+    from egemma.services.models.vram import split_estimate
 
     if capability == "embeddings":
         return {"estimated_bytes": folder_bytes(path)}
     n_ctx = settings.summary.n_ctx if capability == "summary" else settings.chat.n_ctx
+    _, vram_budget = _budgets(settings)
+    gpu_layers = settings.chat.n_gpu_layers if vram_budget is not None else 0
     try:
         est = estimate(path, n_ctx, settings.chat.n_batch)
+        split = split_estimate(path, est, gpu_layers)
     except (GgufError, OSError) as exc:
         return {"estimate_error": str(exc)}
     return {
-        "estimated_bytes": est.total,
+        "estimated_bytes": split.ram_bytes(),
+        "vram_estimated_bytes": split.vram_bytes(),
+        "gpu_layers": split.gpu_layers,
         "weights_bytes": est.weights,
         "kv_cache_bytes": est.kv_cache,
         "compute_bytes": est.compute,

@@ -8,7 +8,6 @@ inside the loader, so a missing extra is a capability error, not a crash.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,14 @@ import anyio
 from egemma.engines.base import CapabilityStatus, ChatEngine
 from egemma.modelfiles import ModelFileError, ResolvedModel, check_gguf, resolve
 from egemma.runtime import Engines
-from egemma.services.models.build import build_registry, managed_chat, pinned_embedding, preload
-from egemma.services.models.registry import ModelRegistry, rss_bytes
+from egemma.services.models.build import (
+    build_registry,
+    managed_chat,
+    managed_embedding,
+    preload,
+)
+from egemma.services.models.embedding import ManagedEmbeddingEngine
+from egemma.services.models.registry import ModelRegistry
 from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
 
@@ -225,21 +230,28 @@ def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats
         _fail(engines, "embeddings", str(exc))
         return
     try:
-        from egemma.engines.onnx import OnnxEmbeddingEngine
+        import onnxruntime as ort
+
+        from egemma.engines.onnx import EmbeddingFacts, OnnxEmbeddingEngine, select_providers
     except ImportError as exc:
         _fail(engines, "embeddings", f"ONNX engine unavailable: {exc.name} is not installed")
         return
-    before, started = rss_bytes(), time.monotonic()
-    try:
-        engine = OnnxEmbeddingEngine.load(model.path, settings.embedding)
-    except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+    try:  # the facts file now; the ONNX session at startup (CHAT_PRELOAD) or on first use
+        facts = EmbeddingFacts.read(model.path)
+        if not (model.path / facts.onnx_file).is_file():
+            raise ValueError(f"{model.path} has no {facts.onnx_file}")
+    except (ValueError, OSError) as exc:  # EmbeddingModelError, a malformed facts file
         _fail(engines, "embeddings", f"EMBEDDING_MODEL_PATH: cannot load {model.path.name}: {exc}")
         return
-    engines.embedding = engine
-    measured, seconds = max(0, rss_bytes() - before), time.monotonic() - started
-    pinned_embedding(
-        _registry(settings, engines), engine.name, model.path, engine, measured, seconds
+    name = settings.embedding.model_name or facts.name
+    engine = managed_embedding(
+        _registry(settings, engines),
+        name,
+        model.path,
+        facts,
+        lambda: OnnxEmbeddingEngine.load(model.path, settings.embedding),
     )
+    engines.embedding = engine
     status.name = engine.name
     status.status = "loaded"
     status.context_length = engine.max_length
@@ -248,7 +260,7 @@ def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats
         "dimension": engine.dimension,
         "matryoshka_dims": list(engine.matryoshka_dims),
         "prompts": sorted(engine.prompts),
-        "providers": list(engine.providers),
+        "providers": select_providers(settings.embedding, ort.get_available_providers()),
     }
 
 
@@ -261,7 +273,22 @@ async def load_all(settings: Settings, engines: Engines, prompts: PromptFormats)
         await anyio.to_thread.run_sync(loader, settings, engines, prompts)
     if engines.registry is not None:
         await preload(settings.models, engines.registry, engines.chat_default)
+    _embedding_preload_failed(engines)
     _report_slots(engines)
+
+
+def _embedding_preload_failed(engines: Engines) -> None:
+    """An embedding model that failed to load at startup is the capability's error (as when
+    it was always loaded at startup): /health says why, its routes answer 503."""
+    engine = engines.embedding
+    if not isinstance(engine, ManagedEmbeddingEngine) or engine.entry.state != "error":
+        return
+    engines.embedding = None
+    _fail(
+        engines,
+        "embeddings",
+        f"EMBEDDING_MODEL_PATH: cannot load {Path(engine.entry.path).name}: {engine.entry.error}",
+    )
 
 
 def _report_slots(engines: Engines) -> None:
@@ -275,5 +302,5 @@ def _report_slots(engines: Engines) -> None:
 
 def _registry(settings: Settings, engines: Engines) -> ModelRegistry:
     if engines.registry is None:
-        engines.registry = build_registry(settings.models)
+        engines.registry = build_registry(settings.models, settings.chat.n_gpu_layers)
     return engines.registry

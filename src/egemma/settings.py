@@ -67,6 +67,13 @@ class ServerSettings(BaseSettings):
         le=3600.0,
         description="Seconds one write to a streaming client may block before its work stops.",
     )
+    stream_keepalive_interval: float = Field(
+        10.0,
+        ge=0.05,
+        le=300.0,
+        description="Seconds of silence on a stream (prefill, a model loading) before a "
+        "': keep-alive' comment (and, before output starts, a repeated response.in_progress).",
+    )
     binary_detection_threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of control bytes that makes an upload binary."
     )
@@ -374,7 +381,7 @@ class AstSettings(BaseSettings):
 
 
 class ModelSettings(BaseSettings):
-    """The model registry: which models load at startup, idle unload, the memory budget."""
+    """The model registry: which models load at startup, idle unload, the memory budgets."""
 
     model_config = _config()
 
@@ -394,6 +401,12 @@ class ModelSettings(BaseSettings):
         description="RAM the loaded models may use, e.g. 12GiB, 800MB or bytes; empty: the "
         "machine's RAM minus a margin (10%, at least 1 GiB).",
     )
+    model_vram_budget: str = Field(
+        "",
+        description="GPU memory the offloaded layers (weights and KV cache) may use, e.g. "
+        "15GiB; empty: the visible NVIDIA GPUs' memory minus a margin (10%, at least 512 MiB) "
+        "when llama.cpp offloads (CHAT_N_GPU_LAYERS not 0), else no VRAM budget.",
+    )
     model_load_timeout: float = Field(
         300.0,
         gt=0.0,
@@ -402,7 +415,7 @@ class ModelSettings(BaseSettings):
         "models in use to finish before one can be evicted (503 + Retry-After beyond).",
     )
 
-    @field_validator("model_memory_budget")
+    @field_validator("model_memory_budget", "model_vram_budget")
     @classmethod
     def _size(cls, value: str) -> str:
         parse_bytes(value)

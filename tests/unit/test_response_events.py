@@ -128,8 +128,9 @@ def test_sse_writer_numbers_from_zero_and_keeps_alive() -> None:
 
 
 def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
-    """Codex's idle timer ignores comments: while the prompt is read, a repeated
-    ``response.in_progress`` keeps it alive; once output has started, comments do."""
+    """Codex's idle timer ignores comments: while the prompt is read (or the model loads), each
+    keep-alive comment is followed by a repeated ``response.in_progress``; once output has
+    started, comments alone."""
     beat_seen, comment_seen = asyncio.Event(), asyncio.Event()
     response = {"id": "resp_1", "status": "in_progress", "output": []}
 
@@ -147,7 +148,8 @@ def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
             chunks.append(chunk)
             if chunk.startswith(b"event: response.in_progress") and len(chunks) > 2:
                 beat_seen.set()
-            if chunk == b": keep-alive\n\n":
+            started = any(b"response.output_item.added" in c for c in chunks)
+            if chunk == b": keep-alive\n\n" and started:
                 comment_seen.set()
         return chunks
 
@@ -160,7 +162,10 @@ def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
     assert all(f["response"]["id"] == "resp_1" for f in frames[1:added])
     assert kinds[added + 1 :] == ["response.completed"]
     added_chunk = next(i for i, c in enumerate(chunks) if b"response.output_item.added" in c)
-    assert chunks.index(b": keep-alive\n\n") > added_chunk  # no comment while waiting
+    beats = [i for i, c in enumerate(chunks[:added_chunk]) if c.startswith(b"event: response.in_")]
+    for i in beats[1:]:  # every repeated in_progress comes right after a comment
+        assert chunks[i - 1] == b": keep-alive\n\n"
+    assert b": keep-alive\n\n" in chunks[added_chunk:]
     assert [f["sequence_number"] for f in frames] == list(range(len(frames)))
 
 

@@ -24,7 +24,7 @@ async def create_chat_completion(
 ) -> Response:
     prepared = await service.prepare(body, owner)
     headers = ignored_tools_header(prepared.prepared.ignored_tools)
-    run = await service.start(prepared, request.is_disconnected)
+    run = await service.start(prepared, request.is_disconnected, stream=bool(body.stream))
     if body.stream:
         return EventStreamResponse(
             service.chunks(prepared, run),
@@ -32,6 +32,7 @@ async def create_chat_completion(
             framing="chat",
             write_timeout=state.settings.server.stream_write_timeout,
             headers=headers,
+            keepalive=state.settings.server.stream_keepalive_interval,
         )
     return JSONResponse(
         await service.complete(prepared, run, request.is_disconnected), headers=headers

@@ -21,6 +21,7 @@ from egemma.protocol.embeddings import MAX_INPUTS, EmbeddingRequest
 from egemma.ratelimit import rate_limit
 from egemma.services.embeddings.compact import COMPACT_FORMATS, compact
 from egemma.services.embeddings.service import EmbeddingService, resize, truncate
+from egemma.services.models.keep_alive import parse_keep_alive
 from egemma.services.uploads import decode_upload
 
 router = APIRouter(tags=["embeddings"])
@@ -147,11 +148,15 @@ async def create_embeddings(
     service: EmbeddingsDep,
     request: Request,
 ) -> Response:
+    keep_alive = parse_keep_alive(body.keep_alive)
     texts = await _inputs(body, service)
     size = service.engine.dimension if body.dimensions is None else body.dimensions
     service.check_dimensions(size)
     result = await service.embed(
-        texts, prompt_name=body.prompt_name, is_disconnected=request.is_disconnected
+        texts,
+        prompt_name=body.prompt_name,
+        is_disconnected=request.is_disconnected,
+        keep_alive=keep_alive,
     )
     vectors = result.vectors if size == service.engine.dimension else truncate(result.vectors, size)
     if body.encoding_format in COMPACT_FORMATS:

@@ -58,6 +58,8 @@ async def list_models(
     if registry is not None:
         listing["memory_budget_bytes"] = registry.budget
         listing["memory_used_bytes"] = registry.used
+        listing["vram_budget_bytes"] = registry.vram_budget
+        listing["vram_used_bytes"] = registry.used_vram
     if client_version is not None:
         chat = state.settings.chat
         listing["models"] = [
@@ -74,7 +76,8 @@ async def list_models(
 
 def _add_registry_fields(data: dict[str, dict[str, Any]], registry: ModelRegistry | None) -> None:
     """Extra fields only (OpenAI's shape stays): each configured model's state and memory;
-    ``available`` is false when it cannot fit ``MODEL_MEMORY_BUDGET`` even alone."""
+    ``available`` is false when it cannot fit ``MODEL_MEMORY_BUDGET`` (or, with layers on a
+    GPU, ``MODEL_VRAM_BUDGET``) even alone."""
     if registry is None:
         return
     for entry in registry.entries.values():
@@ -83,6 +86,7 @@ def _add_registry_fields(data: dict[str, dict[str, Any]], registry: ModelRegistr
             data[entry.id].update(
                 state=described["state"],
                 loaded=described["loaded"],
-                available=entry.estimate <= registry.budget,
+                available=registry.fits_alone(entry),
                 memory=described["memory"],
+                keep_alive=described["keep_alive"],
             )

@@ -41,11 +41,15 @@ async def create_response(
         if body.stream:
             return replay_stream(state.store, queued["id"], -1, headers)
         return JSONResponse(queued, headers=headers)
-    run = await service.start(prepared, request.is_disconnected)
+    run = await service.start(prepared, request.is_disconnected, stream=bool(body.stream))
     if body.stream:
-        timeout = state.settings.server.stream_write_timeout
+        server = state.settings.server
         return EventStreamResponse(
-            run.events, on_close=run.close, write_timeout=timeout, headers=headers
+            run.events,
+            on_close=run.close,
+            write_timeout=server.stream_write_timeout,
+            headers=headers,
+            keepalive=server.stream_keepalive_interval,
         )
     return JSONResponse(await run.final(request.is_disconnected), headers=headers)
 

@@ -5,10 +5,12 @@
 
 Each ``data:`` line is exactly one ``json.dumps`` payload, which escapes ``\\n`` and ``\\r``: model
 text can never forge an event. Event names come from our code, never from user or model text.
-During a long prefill, ``: keep-alive`` comments keep proxies from timing the stream out; once
-``response.created`` is out and before the first output item, a repeated ``response.in_progress``
-is sent instead, because clients with an idle timer on events (Codex CLI's ignores comments,
-issue 13) would otherwise give up on a long prompt.
+During a long prefill or while the model loads, ``: keep-alive`` comments (every
+``STREAM_KEEPALIVE_INTERVAL`` seconds of silence) keep proxies from timing the stream out; the
+OpenAI SDKs skip comment lines. Once ``response.created`` is out and before the first output
+item, each comment is followed by a repeated ``response.in_progress``, because clients with an
+idle timer on events (Codex CLI's ignores comments, issue 13) would otherwise give up on a long
+prompt or a slow load.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ async def sse_bytes(
     try:
         async for event in with_keepalives(events, keepalive):
             if event is None and waiting is not None and framing == "responses":
+                yield KEEPALIVE
                 beat = {"type": "response.in_progress", "response": waiting}
                 yield encode_event({"type": beat["type"], "sequence_number": sequence, **beat})
                 sequence += 1
@@ -129,12 +132,15 @@ class EventStreamResponse(StreamingResponse):
         framing: Framing = "responses",
         write_timeout: float = WRITE_TIMEOUT_SECONDS,
         headers: dict[str, str] | None = None,
+        keepalive: float = KEEPALIVE_SECONDS,
     ) -> None:
         self._events = events
         self._on_close = on_close
         self._write_timeout = write_timeout
         self._stalled = False
-        super().__init__(sse_bytes(events, framing=framing), headers={**HEADERS, **(headers or {})})
+        super().__init__(
+            sse_bytes(events, keepalive, framing=framing), headers={**HEADERS, **(headers or {})}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def timed_send(message: Message) -> None:

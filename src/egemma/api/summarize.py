@@ -81,6 +81,15 @@ async def summarize(
         str | None,
         Form(max_length=MAX_GOAL_CHARS, description="What the reader wants from the summary."),
     ] = None,
+    keep_alive: Annotated[
+        str | None,
+        Form(
+            max_length=32,
+            description="eGemma extension (Ollama's): how long the local model stays loaded "
+            "after this request: seconds, a duration such as '5m', 0 to unload at once, -1 to "
+            "keep it loaded.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     # One byte past the cap is enough to know the file is too large.
     data = await file.read(service.max_file_size_bytes + 1)
@@ -93,6 +102,7 @@ async def summarize(
         temperature=temperature,
         enable_safety=enable_safety,
         goal=_blank_to_none(goal),
+        keep_alive=_blank_to_none(keep_alive),
     )
     result = await service.summarize(summary_request, request.is_disconnected)
     return result.body()

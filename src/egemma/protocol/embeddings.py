@@ -6,7 +6,7 @@ each ``embedding`` is a base64 string of little-endian float32, as openai-python
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -32,6 +32,11 @@ class EmbeddingRequest(BaseModel):
         None, description="Truncate to this size, then re-normalise (1..model dimension)."
     )
     user: str | None = Field(None, description="Accepted and ignored.")
+    keep_alive: Any = Field(
+        default=None,
+        description="eGemma extension (Ollama's): how long the model stays loaded after this "
+        "request: seconds, a duration such as '5m', 0 to unload at once, -1 to keep it loaded.",
+    )
     prompt_name: str | None = Field(
         None, description="eGemma extension: a task prompt of the model (e.g. query, document)."
     )

@@ -52,6 +52,11 @@ class ResponsesRequest(BaseModel):
     include: list[str] | None = None
     input: str | list[Any] | None = None
     instructions: str | None = None
+    keep_alive: Any = Field(
+        default=None,
+        description="eGemma extension (Ollama's): how long the model stays loaded after this "
+        "request: seconds, a duration such as '5m', 0 to unload at once, -1 to keep it loaded.",
+    )
     max_output_tokens: TokenBudget | None = None
     max_tool_calls: JsonInt | None = None
     metadata: dict[str, Any] | None = None
@@ -83,6 +88,11 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Any] = Field(min_length=1)
     model: str | None = None
     frequency_penalty: Penalty | None = None
+    keep_alive: Any = Field(
+        default=None,
+        description="eGemma extension (Ollama's): how long the model stays loaded after this "
+        "request: seconds, a duration such as '5m', 0 to unload at once, -1 to keep it loaded.",
+    )
     logprobs: StrictBool | None = None
     max_completion_tokens: TokenBudget | None = None
     max_tokens: TokenBudget | None = None

@@ -5,6 +5,12 @@ wait → 503 with ``Retry-After``; a client gone while waiting → ``ClientLeftE
 its stop flag so a drain can end it, meters its events, and returns a ``Run`` whose ``close``
 frees the slot in every exit path (the SSE response's own ``finally``, or ``final``'s). The API
 only chooses JSON or SSE. ``complete_text`` is the same path for whole-text answers (summaries).
+
+A streamed request whose model must first be loaded (``GenerationRunner.start_streaming``) is
+not made to wait for its headers: its run yields ``response.created`` and
+``response.in_progress`` at once, then waits for the load (the SSE writer sends keep-alives
+meanwhile), then the generation's events. A load or admission that fails then ends the stream
+with ``response.failed`` carrying the error's code and message.
 """
 
 from __future__ import annotations
@@ -29,10 +35,17 @@ from egemma.engines.base import (
     Slot,
     TokenStream,
 )
-from egemma.errors import ClientLeftError, DrainingError, InvalidRequestError, UnavailableError
+from egemma.errors import (
+    ClientLeftError,
+    DrainingError,
+    EgemmaError,
+    InvalidRequestError,
+    UnavailableError,
+)
 from egemma.lifecycle import Cancel, Generations
 from egemma.metrics import Metrics
 from egemma.services.departures import stop_when_gone
+from egemma.services.models.managed import ManagedChatEngine
 from egemma.services.prompting.plan import Prompter, PromptPlan
 from egemma.services.prompting.types import NO_TOOLS, Turn, feed_all
 
@@ -41,9 +54,14 @@ TERMINAL = frozenset({"response.completed", "response.incomplete", "response.fai
 DISCONNECT_POLL_SECONDS = 0.25
 
 
-async def admit(engine: ChatEngine, is_disconnected: Disconnected | None) -> Slot:
-    """Wait for ``engine``: its refusals become the API's errors, here and nowhere else."""
+async def admit(
+    engine: ChatEngine, is_disconnected: Disconnected | None, keep_alive: float | None = None
+) -> Slot:
+    """Wait for ``engine``: its refusals become the API's errors, here and nowhere else.
+    ``keep_alive`` (a registry-managed model only) applies once the slot is released."""
     try:
+        if isinstance(engine, ManagedChatEngine):
+            return await engine.admit(is_disconnected, keep_alive)
         return await engine.admit(is_disconnected)
     except AdmissionClosedError:
         raise DrainingError() from None
@@ -132,6 +150,26 @@ class Run:
             await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
 
+class LateSlot:
+    """The slot of a run admitted after its stream began; released once, whenever it comes."""
+
+    def __init__(self) -> None:
+        self._slot: Slot | None = None
+        self._released = False
+
+    def attach(self, slot: Slot) -> None:
+        if self._released:
+            slot.release()  # the run ended while it waited for the model
+        else:
+            self._slot = slot
+
+    def release(self) -> None:
+        self._released = True
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+
 class GenerationRunner:
     """Starts every streamed generation (Responses and chat completions)."""
 
@@ -144,12 +182,13 @@ class GenerationRunner:
         engine: ChatEngine,
         events: Callable[[Cancel], AsyncIterator[Event]],
         is_disconnected: Disconnected | None = None,
+        keep_alive: float | None = None,
     ) -> Run:
         """Admit, register and meter ``events(cancel)``; the caller must ``close`` the run."""
         if self.generations.draining:
             raise DrainingError()
         try:
-            slot = await admit(engine, is_disconnected)
+            slot = await admit(engine, is_disconnected, keep_alive)
         except ClientLeftError:
             self.metrics.client_left("queued")
             raise
@@ -157,6 +196,43 @@ class GenerationRunner:
         self.generations.add(cancel)
         metered = self.metrics.observe(engine.name, events(cancel))
         return Run(metered, cancel, slot, self.generations)
+
+    def start_streaming(
+        self,
+        engine: ChatEngine,
+        opening: list[Event],
+        events: Callable[[Cancel], AsyncIterator[Event]],
+        failed: Callable[[EgemmaError], list[Event]],
+        is_disconnected: Disconnected | None = None,
+        keep_alive: float | None = None,
+    ) -> Run:
+        """A run that streams ``opening`` before its model is loaded and admitted, then
+        ``events(cancel)`` (which must not repeat ``opening``); a refusal on the way is
+        ``failed(error)``'s events. The caller must ``close`` the run."""
+        if self.generations.draining:
+            raise DrainingError()
+        cancel, late = Cancel(), LateSlot()
+        self.generations.add(cancel)
+
+        async def deferred() -> AsyncIterator[Event]:
+            for event in opening:
+                yield event
+            try:
+                late.attach(await admit(engine, is_disconnected, keep_alive))
+            except ClientLeftError:
+                self.metrics.client_left("queued")
+                return
+            except EgemmaError as exc:
+                for event in failed(exc):
+                    yield event
+                return
+            if cancel.is_set():
+                return  # stopped (drain, client gone) while the model loaded
+            async for event in events(cancel):
+                yield event
+
+        metered = self.metrics.observe(engine.name, deferred())
+        return Run(metered, cancel, late, self.generations)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,6 +266,7 @@ async def complete_text(
     max_tokens: int,
     temperature: float,
     is_disconnected: Disconnected | None = None,
+    keep_alive: float | None = None,
 ) -> CompletionResult:
     """A whole text answer (summaries): the visible text only, reasoning dropped."""
     plan = await anyio.to_thread.run_sync(plain_plan, prompter, turns)
@@ -199,7 +276,7 @@ async def complete_text(
     )
     parser = plan.make_parser()
     parts: list[str] = []
-    slot = await admit(engine, is_disconnected)
+    slot = await admit(engine, is_disconnected, keep_alive)
     cancel = threading.Event()
     stream = generate(engine, plan, params, cancel)
     try:

@@ -27,6 +27,7 @@ from egemma.protocol.embeddings import MAX_INPUTS
 from egemma.services.departures import unless_gone
 from egemma.services.embeddings.batcher import DynamicBatcher
 from egemma.services.embeddings.openai_tokens import OpenAITokenDecoder
+from egemma.services.models.embedding import ManagedEmbeddingEngine
 from egemma.settings import EmbeddingSettings
 from egemma.shared_cache import RedisLevel
 
@@ -240,9 +241,12 @@ class EmbeddingService:
         prompt_name: str | None = None,
         title: str | None = None,
         is_disconnected: Disconnected | None = None,
+        keep_alive: float | None = None,
     ) -> EmbedResult:
         """Full-dimension unit vectors for ``texts`` (prompt applied), in order. Texts still
-        queued are dropped when the client leaves (``ClientLeftError``)."""
+        queued are dropped when the client leaves (``ClientLeftError``). A registry-managed
+        model is loaded for the misses only (cache hits need no model) and stays loaded
+        ``keep_alive`` seconds after (None: ``MODEL_IDLE_TTL``)."""
         self.check_cost(texts)
         prefix = self.prefix(prompt_name, title)
         prompted = [prefix + t for t in texts]
@@ -254,7 +258,8 @@ class EmbeddingService:
         missing = [i for i, hit in enumerate(found) if hit is None]
         if missing:
             todo = [prompted[i] for i in missing]
-            computed = await unless_gone(is_disconnected, partial(self.batcher.submit, todo))
+            async with self._held(is_disconnected, keep_alive):
+                computed = await unless_gone(is_disconnected, partial(self.batcher.submit, todo))
             for i, value in zip(missing, computed, strict=True):
                 found[i] = value
             fresh = [(keys[i], v, n) for i, (v, n) in zip(missing, computed, strict=True)]
@@ -264,6 +269,13 @@ class EmbeddingService:
         return EmbedResult(
             vectors=vectors.astype(np.float32, copy=False), tokens=[n for _, n in hits]
         )
+
+    def _held(
+        self, is_disconnected: Disconnected | None, keep_alive: float | None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if isinstance(self.engine, ManagedEmbeddingEngine):
+            return self.engine.hold(is_disconnected, keep_alive)
+        return contextlib.nullcontext()
 
     async def _store_later(self, entries: list[tuple[str, np.ndarray, int]]) -> None:
         """Write-behind: new vectors go to the memory level at once and to disk in one thread

@@ -1,6 +1,6 @@
 """Build the registry from settings: each configured GGUF becomes a ``ManagedChatEngine``
-(vocabulary now, weights on first use or at startup per ``CHAT_PRELOAD``); the embedding model,
-loaded at startup, is registered as pinned so its memory counts against the budget."""
+(vocabulary now, weights on first use or at startup per ``CHAT_PRELOAD``) and the exported
+embedding folder a ``ManagedEmbeddingEngine`` (facts now, the ONNX session likewise)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from egemma.engines.llamacpp_vocab import VocabModel
 from egemma.errors import EgemmaError
+from egemma.services.models.embedding import Facts, ManagedEmbeddingEngine
 from egemma.services.models.gguf import estimate
 from egemma.services.models.managed import ManagedChatEngine
 from egemma.services.models.registry import (
@@ -20,16 +21,24 @@ from egemma.services.models.registry import (
     default_budget,
     machine_ram,
 )
+from egemma.services.models.vram import default_vram_budget, detect_vram, split_estimate
 from egemma.settings import ChatSettings, ModelSettings, parse_bytes
 
 log = logging.getLogger(__name__)
 
 
-def build_registry(settings: ModelSettings) -> ModelRegistry:
+def build_registry(settings: ModelSettings, n_gpu_layers: int = 0) -> ModelRegistry:
+    """``n_gpu_layers`` (CHAT_N_GPU_LAYERS): with layers offloaded and a GPU visible, the
+    default VRAM budget is its memory minus a margin."""
     budget = parse_bytes(settings.model_memory_budget)
     if budget is None:
         budget = default_budget(machine_ram())
-    return ModelRegistry(budget, settings.model_idle_ttl, settings.model_load_timeout)
+    vram = parse_bytes(settings.model_vram_budget)
+    if vram is None and n_gpu_layers != 0:
+        vram = default_vram_budget(detect_vram())
+    return ModelRegistry(
+        budget, settings.model_idle_ttl, settings.model_load_timeout, vram_budget=vram
+    )
 
 
 def managed_chat(
@@ -48,8 +57,12 @@ def managed_chat(
     from egemma.engines.llamacpp import LlamaChatEngine
 
     est = estimate(path, chat.n_ctx, chat.n_batch)
+    # Offloaded layers' weights and KV cache live on the GPU, counted against MODEL_VRAM_BUDGET
+    # (only when there is one: a CPU build keeps everything in RAM whatever n_gpu_layers says).
+    split = split_estimate(path, est, chat.n_gpu_layers if registry.vram_budget is not None else 0)
     kv_cache = est.kv_cache * kv_sequences
-    total = est.total + kv_cache - est.kv_cache
+    ram = split.ram_bytes(kv_sequences)
+    vram = split.vram_bytes(kv_sequences)
     vocab = VocabModel(path)
 
     def load_single() -> Any:
@@ -60,13 +73,15 @@ def managed_chat(
             id=name,
             kind=kind,
             path=str(path),
-            estimate=total,
+            estimate=ram,
+            vram_estimate=vram,
             load=load or load_single,
             detail={
                 "weights_bytes": est.weights,
                 "kv_cache_bytes": kv_cache,
                 "compute_bytes": est.compute,
                 "n_ctx": est.n_ctx,
+                "gpu_layers": split.gpu_layers,
             },
         )
     )
@@ -77,28 +92,22 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def pinned_embedding(
-    registry: ModelRegistry, name: str, folder: Path, engine: Any, measured: int, seconds: float
-) -> None:
-    """The embedding model the app holds: its ONNX folder size is its estimate."""
+def managed_embedding(
+    registry: ModelRegistry, name: str, folder: Path, facts: Facts, load: Callable[[], Any]
+) -> ManagedEmbeddingEngine:
+    """Register the exported embedding folder (its size is the estimate: the ONNX graph and
+    tokenizer, held in RAM); ``load`` opens the session on first use or at startup."""
     entry = registry.add(
         ModelEntry(
             id=name,
             kind="embedding",
             path=str(folder),
             estimate=folder_bytes(folder),
-            load=lambda: engine,
-            pinned=True,
+            load=load,
+            detail={"dimension": facts.dimension},
         )
     )
-    entry.engine, entry.state, entry.measured, entry.load_seconds = (
-        engine,
-        "loaded",
-        measured,
-        seconds,
-    )
-    registry.loads += 1
-    registry.load_seconds_total += seconds
+    return ManagedEmbeddingEngine(entry, registry, facts, name)
 
 
 def preload_ids(

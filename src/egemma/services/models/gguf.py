@@ -215,19 +215,24 @@ def _per_layer(value: Any, n_layer: int) -> list[int]:
     return [int(value)] * n_layer
 
 
-def kv_cache_bytes(header: GgufHeader, n_ctx: int) -> int:
-    """The F16 KV cache llama.cpp allocates for ``n_ctx`` tokens."""
+def kv_layer_bytes(header: GgufHeader, n_ctx: int) -> list[int]:
+    """The F16 KV cache of each layer for ``n_ctx`` tokens (layer order)."""
     n_layer = int(header.arch_value("block_count", 0))
     n_head = _per_layer(header.arch_value("attention.head_count", 1), n_layer)
     n_head_kv = _per_layer(header.arch_value("attention.head_count_kv", n_head), n_layer)
     n_embd = int(header.arch_value("embedding_length", 0))
-    per_token = 0
+    out = []
     for heads, kv_heads in zip(n_head, n_head_kv, strict=True):
         head_dim = n_embd // heads if heads else 0
         k = int(header.arch_value("attention.key_length", head_dim))
         v = int(header.arch_value("attention.value_length", head_dim))
-        per_token += kv_heads * (k + v)
-    return n_ctx * per_token * KV_BYTES
+        out.append(n_ctx * kv_heads * (k + v) * KV_BYTES)
+    return out
+
+
+def kv_cache_bytes(header: GgufHeader, n_ctx: int) -> int:
+    """The F16 KV cache llama.cpp allocates for ``n_ctx`` tokens."""
+    return sum(kv_layer_bytes(header, n_ctx))
 
 
 def effective_n_ctx(header: GgufHeader, wanted: int) -> int:

@@ -9,7 +9,8 @@ the model cannot be unloaded under a running or queued generation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from egemma.engines.base import (
@@ -31,16 +32,23 @@ IDLE = AdmissionStats(depth=0, busy=False, admitted=0, rejected=0, abandoned=0)
 class ManagedSlot:
     """The model's own slot and the registry use, released together (idempotent)."""
 
-    def __init__(self, slot: Slot, registry: ModelRegistry, entry: ModelEntry) -> None:
+    def __init__(
+        self,
+        slot: Slot,
+        registry: ModelRegistry,
+        entry: ModelEntry,
+        keep_alive: float | None = None,
+    ) -> None:
         self._slot: Slot | None = slot
         self._registry = registry
         self._entry = entry
+        self._keep_alive = keep_alive
 
     def release(self) -> None:
         slot, self._slot = self._slot, None
         if slot is not None:
             slot.release()
-            self._registry.release(self._entry)
+            self._registry.release(self._entry, self._keep_alive)
 
 
 class ManagedChatEngine:
@@ -74,7 +82,18 @@ class ManagedChatEngine:
     def token_id(self, text: str) -> int | None:
         return self.vocab.token_id(text)
 
-    async def admit(self, is_disconnected: Disconnected | None = None) -> Slot:
+    def needs_load(self) -> bool:
+        """True while a request would have to wait for the weights to load."""
+        return self.entry.state != "loaded"
+
+    def check_fits(self) -> None:
+        """503 at once when the model cannot fit its budgets even alone."""
+        self.registry.check_fits(self.entry)
+
+    async def admit(
+        self, is_disconnected: Disconnected | None = None, keep_alive: float | None = None
+    ) -> Slot:
+        """A slot on the loaded model; ``keep_alive`` applies once the slot is released."""
         if self._closed:
             raise AdmissionClosedError
         engine: ChatEngine = await self.registry.use(self.entry, is_disconnected)
@@ -83,7 +102,21 @@ class ManagedChatEngine:
         except BaseException:
             self.registry.release(self.entry)
             raise
-        return ManagedSlot(slot, self.registry, self.entry)
+        return ManagedSlot(slot, self.registry, self.entry, keep_alive)
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, is_disconnected: Disconnected | None = None, keep_alive: float | None = None
+    ) -> AsyncIterator[None]:
+        """Keep the model loaded across several generations of one request (a map-reduce
+        summary); ``keep_alive`` applies when the request ends, not after each part."""
+        if self._closed:
+            raise AdmissionClosedError
+        await self.registry.use(self.entry, is_disconnected)
+        try:
+            yield
+        finally:
+            self.registry.release(self.entry, keep_alive)
 
     def generate(self, request: GenerationRequest) -> TokenStream:
         engine = self.loaded

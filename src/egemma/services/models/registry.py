@@ -12,7 +12,14 @@ running or queued generation is never unloaded, by eviction, idle TTL or the adm
 
 Memory is estimated before loading (GGUF header: weights + KV cache + compute buffer; ONNX:
 file sizes) and the budget is kept with these estimates; the measured resident-set growth of the
-load is reported beside them (with mmap it is lower until pages are touched).
+load is reported beside them (with mmap it is lower until pages are touched). Where layers are
+offloaded to a GPU, their weights and KV cache count against ``MODEL_VRAM_BUDGET`` instead;
+admission checks both budgets.
+
+Each request may say how long its model stays loaded after it (``keep_alive``, Ollama's idea):
+the last request to finish sets the model's idle time-to-live (``None``: ``MODEL_IDLE_TTL``;
+``0``: unload as soon as it is idle; ``inf``: never). A load, once started, runs to its end even
+when the request that started it leaves, so the lock and the model's state stay consistent.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 ModelState = Literal["configured", "loading", "loaded", "unloading", "error"]
 ModelKind = Literal["chat", "summary", "embedding"]
 WAIT_POLL_SECONDS = 0.1
+REAP_MIN_SECONDS = 0.05
 GIB = 1024**3
 
 
@@ -67,6 +76,13 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
+def _seconds(value: float | None) -> float | None:
+    """A time-to-live for JSON: ``-1`` for never (JSON has no infinity)."""
+    if value is None:
+        return None
+    return -1.0 if math.isinf(value) else value
+
+
 @dataclass
 class ModelEntry:
     """One configured model. ``load`` builds its engine (blocking); ``close`` frees it."""
@@ -74,7 +90,7 @@ class ModelEntry:
     id: str
     kind: ModelKind
     path: str
-    estimate: int  # bytes, before loading
+    estimate: int  # RAM bytes, before loading
     load: Callable[[], Any]
     detail: dict[str, Any] = field(default_factory=dict)
     pinned: bool = False  # never unloaded (an engine the app holds directly)
@@ -85,7 +101,8 @@ class ModelEntry:
     measured: int | None = None
     load_seconds: float | None = None
     error: str | None = None
-    keep_alive: float | None = None  # the last request's idle override, seconds
+    keep_alive: float | None = None  # the last request's idle override, seconds (inf: never)
+    vram_estimate: int = 0  # bytes on the GPU (offloaded layers' weights and KV cache)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -94,7 +111,12 @@ class ModelEntry:
             "state": self.state,
             "loaded": self.state == "loaded",
             "in_use": self.users,
-            "memory": {"estimated_bytes": self.estimate, "measured_bytes": self.measured},
+            "memory": {
+                "estimated_bytes": self.estimate,
+                "measured_bytes": self.measured,
+                "vram_estimated_bytes": self.vram_estimate,
+            },
+            "keep_alive": _seconds(self.keep_alive),
             "load_seconds": self.load_seconds,
             **({"error": self.error} if self.error else {}),
         }
@@ -103,8 +125,11 @@ class ModelEntry:
 class ModelRegistry:
     """Owns every managed model's lifecycle; runs on the server's event loop."""
 
-    def __init__(self, budget: int, idle_ttl: float, load_timeout: float) -> None:
+    def __init__(
+        self, budget: int, idle_ttl: float, load_timeout: float, vram_budget: int | None = None
+    ) -> None:
         self.budget = budget
+        self.vram_budget = vram_budget  # None: no GPU budget (none visible, none set)
         self.idle_ttl = idle_ttl
         self.load_timeout = load_timeout
         self.entries: dict[str, ModelEntry] = {}
@@ -134,31 +159,45 @@ class ModelRegistry:
             )
         return entry
 
+    def _holding(self) -> list[ModelEntry]:
+        return [e for e in self.entries.values() if e.state in ("loaded", "loading")]
+
     @property
     def used(self) -> int:
-        return sum(e.estimate for e in self.entries.values() if e.state in ("loaded", "loading"))
+        return sum(e.estimate for e in self._holding())
+
+    @property
+    def used_vram(self) -> int:
+        return sum(e.vram_estimate for e in self._holding())
+
+    def fits_alone(self, entry: ModelEntry) -> bool:
+        """Whether ``entry`` fits both budgets with every other model unloaded."""
+        vram_ok = self.vram_budget is None or entry.vram_estimate <= self.vram_budget
+        return entry.estimate <= self.budget and vram_ok
+
+    def _over_budget(self, entry: ModelEntry) -> bool:
+        if self.used + entry.estimate > self.budget:
+            return True
+        return self.vram_budget is not None and (
+            self.used_vram + entry.vram_estimate > self.vram_budget
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
             "budget_bytes": self.budget,
             "used_bytes": self.used,
+            "vram_budget_bytes": self.vram_budget,
+            "vram_used_bytes": self.used_vram,
             "idle_ttl": self.idle_ttl,
             "models": [e.describe() for e in self.entries.values()],
         }
 
     # -- use ----------------------------------------------------------------------------------
 
-    async def use(
-        self,
-        entry: ModelEntry,
-        is_disconnected: Disconnected | None = None,
-        keep_alive: float | None = None,
-    ) -> Any:
+    async def use(self, entry: ModelEntry, is_disconnected: Disconnected | None = None) -> Any:
         """The entry's engine, loaded if need be; the caller is a user until ``release``."""
         entry.users += 1
         try:
-            if keep_alive is not None:
-                entry.keep_alive = keep_alive
             if entry.state != "loaded":
                 await self._ensure_loaded(entry, is_disconnected)
         except BaseException:
@@ -166,11 +205,18 @@ class ModelRegistry:
             raise
         return entry.engine
 
-    def release(self, entry: ModelEntry) -> None:
+    def release(self, entry: ModelEntry, keep_alive: float | None = None) -> None:
+        """The end of one use. ``keep_alive`` (seconds, ``inf`` never, ``None`` the default)
+        is how long the model stays loaded once idle: the last request to finish decides."""
         entry.users = max(0, entry.users - 1)
         entry.last_used = time.monotonic()
+        entry.keep_alive = keep_alive
+        if entry.users == 0 and self._ttl(entry) == 0 and entry.state == "loaded":
+            with contextlib.suppress(RuntimeError):  # no loop (shutdown): the reaper is gone too
+                asyncio.get_running_loop().create_task(self.reap())
 
-    def _refuse_too_large(self, entry: ModelEntry) -> None:
+    def check_fits(self, entry: ModelEntry) -> None:
+        """Refuse at once a model that cannot fit even alone (503 naming the budget)."""
         if entry.estimate > self.budget:
             raise UnavailableError(
                 f"Model '{entry.id}' needs an estimated {human(entry.estimate)}, more than "
@@ -180,28 +226,53 @@ class ModelRegistry:
                 retry_after=60,
                 code="model_exceeds_memory_budget",
             )
+        if self.vram_budget is not None and entry.vram_estimate > self.vram_budget:
+            raise UnavailableError(
+                f"Model '{entry.id}' needs an estimated {human(entry.vram_estimate)} of GPU "
+                f"memory, more than MODEL_VRAM_BUDGET ({human(self.vram_budget)}) allows even "
+                "with every other model unloaded. Offload fewer layers (CHAT_N_GPU_LAYERS), "
+                "shorten the context or raise MODEL_VRAM_BUDGET.",
+                retry_after=60,
+                code="model_exceeds_vram_budget",
+            )
 
     async def _ensure_loaded(self, entry: ModelEntry, is_disconnected: Disconnected | None) -> None:
-        self._refuse_too_large(entry)
+        self.check_fits(entry)
         deadline = time.monotonic() + self.load_timeout
         try:
             await asyncio.wait_for(self._lock.acquire(), self.load_timeout)
         except TimeoutError:
             raise self._busy(entry) from None
+        handed_off = False
         try:
             if entry.state == "loaded":
                 return  # a concurrent first request loaded it while we waited
             if self.closed:
                 raise UnavailableError("The server is shutting down.", code="draining")
             await self._make_room(entry, deadline, is_disconnected)
-            await self._load(entry)
+            # The load owns the lock from here: a waiter that leaves (its task cancelled) must
+            # not release the lock under a running load nor leave the model "loading".
+            task = asyncio.get_running_loop().create_task(self._load(entry))
+            task.add_done_callback(self._load_done)
+            handed_off = True
+            await asyncio.shield(task)
         finally:
-            self._lock.release()
+            if not handed_off:
+                self._lock.release()
+
+    def _load_done(self, task: asyncio.Task[None]) -> None:
+        self._lock.release()
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure is the waiters' error, logged in _load
 
     def _busy(self, entry: ModelEntry) -> UnavailableError:
+        held = "MODEL_MEMORY_BUDGET"
+        if self.vram_budget is not None and self.used + entry.estimate <= self.budget:
+            held = "MODEL_VRAM_BUDGET"
+        size = self.budget if held == "MODEL_MEMORY_BUDGET" else self.vram_budget or 0
         return UnavailableError(
-            f"Model '{entry.id}' cannot be loaded yet: the models holding MODEL_MEMORY_BUDGET "
-            f"({human(self.budget)}) are in use. Retry shortly.",
+            f"Model '{entry.id}' cannot be loaded yet: the models holding {held} "
+            f"({human(size)}) are in use. Retry shortly.",
             retry_after=5,
             code="model_loading",
         )
@@ -217,7 +288,7 @@ class ModelRegistry:
     async def _make_room(
         self, entry: ModelEntry, deadline: float, is_disconnected: Disconnected | None
     ) -> None:
-        while self.used + entry.estimate > self.budget:
+        while self._over_budget(entry):
             idle = self._evictable(entry)
             if idle:
                 victim = idle[0]
@@ -279,7 +350,7 @@ class ModelRegistry:
     async def load(self, model_id: str) -> ModelEntry:
         entry = self.get(model_id)
         await self.use(entry)
-        self.release(entry)
+        self.release(entry, entry.keep_alive)  # loading alone leaves its time-to-live as is
         return entry
 
     async def unload(self, model_id: str) -> ModelEntry:
@@ -308,7 +379,10 @@ class ModelRegistry:
             self._reaper = asyncio.create_task(self._reap_forever())
 
     def _ttl(self, entry: ModelEntry) -> float:
-        return entry.keep_alive if entry.keep_alive is not None else self.idle_ttl
+        """Idle seconds before ``entry`` unloads (``inf``: never; MODEL_IDLE_TTL=0 is never)."""
+        if entry.keep_alive is not None:
+            return entry.keep_alive
+        return self.idle_ttl if self.idle_ttl > 0 else math.inf
 
     async def reap(self) -> list[str]:
         """Unload every idle model whose time-to-live has passed."""
@@ -319,7 +393,6 @@ class ModelRegistry:
             if e.state == "loaded"
             and not e.pinned
             and e.users == 0
-            and self._ttl(e) > 0
             and now - e.last_used >= self._ttl(e)
         ]
         done = []
@@ -333,8 +406,8 @@ class ModelRegistry:
 
     async def _reap_forever(self) -> None:
         while True:
-            ttls = [self._ttl(e) for e in self.entries.values() if self._ttl(e) > 0]
-            await asyncio.sleep(min([1.0, *(t / 4 for t in ttls)]))
+            ttls = [self._ttl(e) for e in self.entries.values()]
+            await asyncio.sleep(max(REAP_MIN_SECONDS, min([1.0, *(t / 4 for t in ttls)])))
             try:
                 await self.reap()
             except Exception:  # a failing close is logged; the reaper keeps running

@@ -158,6 +158,7 @@ def to_responses_request(req: ChatCompletionRequest) -> ResponsesRequest:
             "reasoning": effort,
             "store": False,
             "metadata": req.metadata,
+            "keep_alive": req.keep_alive,
         }
     )
 
@@ -308,6 +309,22 @@ STREAM_FAILED = {
 }
 
 
+def stream_failed(response: dict[str, Any]) -> dict[str, Any]:
+    """The error payload ending a failed chat stream: the response's own code and message
+    (a model that could not load says so), else the generic failure."""
+    error = response.get("error") or {}
+    if not error.get("message"):
+        return STREAM_FAILED
+    return {
+        "error": {
+            "message": error["message"],
+            "type": "server_error",
+            "param": None,
+            "code": error.get("code") or "server_error",
+        }
+    }
+
+
 @dataclass(frozen=True)
 class ChatPrepared:
     prepared: Prepared
@@ -326,8 +343,10 @@ class ChatCompletionsService:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return ChatPrepared(prepared, body.model or prepared.engine.name, include_usage)
 
-    async def start(self, p: ChatPrepared, is_disconnected: Disconnected | None = None) -> Run:
-        return await self.responses.start(p.prepared, is_disconnected)
+    async def start(
+        self, p: ChatPrepared, is_disconnected: Disconnected | None = None, *, stream: bool = False
+    ) -> Run:
+        return await self.responses.start(p.prepared, is_disconnected, stream=stream)
 
     async def chunks(self, p: ChatPrepared, run: Run) -> AsyncIterator[dict[str, Any]]:
         """``chat.completion.chunk`` payloads for a streamed run (an error payload on failure,
@@ -338,7 +357,7 @@ class ChatCompletionsService:
                 for payload in mapper.map(event):
                     yield payload
                 if event["type"] == "response.failed":
-                    yield STREAM_FAILED
+                    yield stream_failed(event["response"])
                 if event["type"] in TERMINAL and p.include_usage:
                     yield {
                         "id": mapper.id,

@@ -26,11 +26,14 @@ from egemma.engines.base import (
     SamplingParams,
     TokenStream,
 )
+from egemma.errors import EgemmaError
 from egemma.lifecycle import Cancel
 from egemma.protocol.responses import ResponsesRequest
 from egemma.runtime import Engines
 from egemma.services.conversations import validate_metadata
 from egemma.services.generation import Event, GenerationRunner, Run, check_context, generate
+from egemma.services.models.keep_alive import parse_keep_alive
+from egemma.services.models.managed import ManagedChatEngine
 from egemma.services.prompting.formats import PromptFormats
 from egemma.services.prompting.plan import PromptPlan
 from egemma.services.prompting.types import ToolMode, ToolSpec, Turn, feed_all
@@ -70,6 +73,7 @@ class Prepared:
     store: bool
     records: Store  # the store as the caller's key sees it (owner-scoped)
     ignored_tools: tuple[str, ...] = ()
+    keep_alive: float | None = None  # seconds the model stays loaded after this request
 
 
 @dataclass
@@ -137,6 +141,7 @@ class ResponsesService:
     async def prepare(self, req: ResponsesRequest, owner: Owner) -> Prepared:
         """``owner`` (the caller's key) scopes every stored row the request reads or writes."""
         metadata = validate_metadata(req.metadata)
+        keep_alive = parse_keep_alive(req.keep_alive)
         records = self.store.scoped(owner)
         d = await self._draft(req, records)
         engine, chat = d.engine, self.settings.chat
@@ -174,7 +179,16 @@ class ResponsesService:
         )
         ignored = tuple(d.toolset.ignored)
         return Prepared(
-            engine, plan, params, builder, d.tool_mode, d.context, store, records, ignored
+            engine,
+            plan,
+            params,
+            builder,
+            d.tool_mode,
+            d.context,
+            store,
+            records,
+            ignored,
+            keep_alive,
         )
 
     async def count_input_tokens(self, req: ResponsesRequest, owner: Owner) -> int:
@@ -184,16 +198,50 @@ class ResponsesService:
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def start(self, p: Prepared, is_disconnected: Disconnected | None = None) -> Run:
-        """Admit ``p`` to its model; the returned run owns the generation until ``close``."""
-        return await self.runner.start(p.engine, partial(self.events, p), is_disconnected)
+    async def start(
+        self, p: Prepared, is_disconnected: Disconnected | None = None, *, stream: bool = False
+    ) -> Run:
+        """Admit ``p`` to its model; the returned run owns the generation until ``close``.
 
-    async def events(self, p: Prepared, cancel: threading.Event) -> AsyncIterator[Event]:
-        """The whole event sequence. The caller holds ``p.engine``'s slot."""
+        A ``stream`` whose model is not loaded starts at once: ``response.created`` and
+        ``response.in_progress`` go out, keep-alives follow while the model loads, and a load
+        that fails ends the stream with ``response.failed`` (a model that cannot fit its
+        budget even alone is still a 503 before any event)."""
+        engine = p.engine
+        if stream and isinstance(engine, ManagedChatEngine) and engine.needs_load():
+            engine.check_fits()
+            return self.runner.start_streaming(
+                engine,
+                p.builder.start(),
+                partial(self.events, p, opened=True),
+                partial(self._refused, p),
+                is_disconnected,
+                p.keep_alive,
+            )
+        return await self.runner.start(
+            engine, partial(self.events, p), is_disconnected, p.keep_alive
+        )
+
+    def _refused(self, p: Prepared, error: EgemmaError) -> list[Event]:
+        """A streamed request whose model could not be loaded or admitted: ``response.failed``
+        with the error's code and message (what the JSON answer's 503 would have said)."""
+        log.warning(
+            "streamed response %s failed before generating: %s",
+            p.builder.response["id"],
+            error.message,
+        )
+        failure = {"code": error.code or "server_error", "message": error.message}
+        return p.builder.finish("failed", usage_of(GenerationStats(), 0), error=failure)
+
+    async def events(
+        self, p: Prepared, cancel: threading.Event, *, opened: bool = False
+    ) -> AsyncIterator[Event]:
+        """The whole event sequence (``opened``: ``created``/``in_progress`` already sent). The
+        caller holds ``p.engine``'s slot."""
         builder = p.builder
         stream = generate(p.engine, p.plan, p.params, cancel)
         stats = stream.stats
-        for event in builder.start():
+        for event in [] if opened else builder.start():
             yield event
         counter = [0]
         try:

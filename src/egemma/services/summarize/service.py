@@ -24,6 +24,8 @@ from egemma.engines.base import ChatEngine, Disconnected
 from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.personas import PersonaRegistry, kind_for_language
 from egemma.runtime import Engines
+from egemma.services.models.keep_alive import parse_keep_alive
+from egemma.services.models.managed import ManagedChatEngine
 from egemma.services.prompting.formats import PromptFormats
 from egemma.services.summarize.input import LOG_LANGUAGE, condense_log, language_for
 from egemma.services.summarize.local import Job, LocalSummary, user_prompt
@@ -55,6 +57,7 @@ class SummaryRequest:
     temperature: float | None = None
     enable_safety: bool = False
     goal: str | None = None
+    keep_alive: str | None = None  # as sent; parsed by the service (400 when bad)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class SummarizeService:
         self, request: SummaryRequest, is_disconnected: Disconnected | None = None
     ) -> SummaryResult:
         server = self.settings.server
+        keep_alive = parse_keep_alive(request.keep_alive)
         text = decode_upload(
             request.data,
             max_bytes=server.max_file_size_bytes,
@@ -185,11 +189,22 @@ class SummarizeService:
             local = LocalSummary(
                 self.settings.summary, engine, prompter, job, is_disconnected, self._count_call
             )
-            summary, chunks = await local.run()
+            summary, chunks = await self._run_local(local, keep_alive, is_disconnected)
         if summary:
             value = {"summary": summary, "model": model, "chunks": chunks}
             await anyio.to_thread.run_sync(self.cache.set, key, value)
         return SummaryResult(language, summary, model, False, chunks)
+
+    @staticmethod
+    async def _run_local(
+        local: LocalSummary, keep_alive: float | None, is_disconnected: Disconnected | None
+    ) -> tuple[str, int]:
+        """A registry-managed model stays loaded across every part of a map-reduce summary;
+        ``keep_alive`` applies once the whole summary is done."""
+        if not isinstance(local.engine, ManagedChatEngine):
+            return await local.run()
+        async with local.engine.hold(is_disconnected, keep_alive):
+            return await local.run()
 
     def _count_call(self) -> None:
         self.model_calls += 1
