@@ -13,7 +13,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -296,7 +295,8 @@ def test_bad_keep_alive_is_an_openai_400(lazy: LiveServer, value: Any) -> None:
         headers=AUTH,
         timeout=30,
     )
-    assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive"
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "keep_alive"
     if isinstance(value, str):
         r = httpx.post(
             f"{lazy.base_url}/summarize",
@@ -305,4 +305,5 @@ def test_bad_keep_alive_is_an_openai_400(lazy: LiveServer, value: Any) -> None:
             headers=AUTH,
             timeout=30,
         )
-        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_keep_alive"
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "invalid_keep_alive"

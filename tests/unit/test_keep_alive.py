@@ -89,8 +89,9 @@ def run(coro: Any) -> Any:
 
 
 async def wait_for_state(e: ModelEntry, state: str, seconds: float = 5.0) -> bool:
+    """Poll: the registry has no event to wait on for a state (the reaper is a timer)."""
     deadline = time.monotonic() + seconds
-    while e.state != state and time.monotonic() < deadline:
+    while e.state != state and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     return e.state == state
 

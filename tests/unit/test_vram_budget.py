@@ -110,7 +110,8 @@ def test_shipped_gguf_split_adds_up() -> None:
     header = read_header(path)
     est = estimate(path, 2048)
     none = split_estimate(path, est, 0)
-    assert none.ram_bytes() == est.total and none.vram_bytes() == 0
+    assert none.ram_bytes() == est.total
+    assert none.vram_bytes() == 0
     ten = split_estimate(path, est, 10)  # 10 of SmolLM2's 30 layers
     assert ten.kv_vram * 3 == kv_cache_bytes(header, 2048)
     assert ten.weights_ram + ten.weights_vram == header.weight_bytes
@@ -190,7 +191,8 @@ def test_a_model_too_large_for_the_gpu_is_refused_naming_the_vram_budget() -> No
         run(reg.use(big))
     assert caught.value.code == "model_exceeds_vram_budget"
     assert "MODEL_VRAM_BUDGET" in caught.value.message
-    assert big.state == "configured" and big.users == 0
+    assert big.state == "configured"
+    assert big.users == 0
     # Without a VRAM budget (no GPU), only RAM counts.
     assert registry(vram_budget=None).fits_alone(entry("big", 2 * GIB, 9 * GIB))
 
@@ -205,8 +207,10 @@ def test_vram_alone_makes_room_by_evicting_an_idle_model() -> None:
         first = a.engine
         await reg.use(b)
         assert (a.state, b.state) == ("configured", "loaded")
-        assert first.closed and reg.evictions == 1
-        assert reg.used_vram == 4 * GIB and reg.used == 1 * GIB
+        assert first.closed
+        assert reg.evictions == 1
+        assert reg.used_vram == 4 * GIB
+        assert reg.used == 1 * GIB
         assert reg.describe()["vram_budget_bytes"] == 8 * GIB
 
     run(scenario())
@@ -222,7 +226,8 @@ def test_a_model_in_use_on_the_gpu_is_never_evicted() -> None:
             await reg.use(b)
         assert caught.value.code == "model_loading"
         assert "MODEL_VRAM_BUDGET" in caught.value.message
-        assert a.state == "loaded" and b.state == "configured"
+        assert a.state == "loaded"
+        assert b.state == "configured"
         reg.release(a)
         await reg.use(b)  # idle now: evicted
         assert a.state == "configured"
