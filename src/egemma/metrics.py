@@ -237,9 +237,12 @@ def registry_metrics(registry: Any) -> Iterator[Metric]:
         counter = CounterMetricFamily(name, help_)
         counter.add_metric([], float(value))
         yield counter
+    vram_budget, vram_used = registry.vram_budget or 0, registry.used_vram
     for name, help_, value in (
         ("egemma_model_memory_budget_bytes", "MODEL_MEMORY_BUDGET.", registry.budget),
         ("egemma_model_memory_used_bytes", "Estimated bytes of loaded models.", registry.used),
+        ("egemma_model_vram_budget_bytes", "MODEL_VRAM_BUDGET (0: none).", vram_budget),
+        ("egemma_model_vram_used_bytes", "Estimated GPU bytes of loaded models.", vram_used),
     ):
         gauge = GaugeMetricFamily(name, help_)
         gauge.add_metric([], float(value))

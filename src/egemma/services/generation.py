@@ -217,22 +217,41 @@ class GenerationRunner:
         async def deferred() -> AsyncIterator[Event]:
             for event in opening:
                 yield event
-            try:
-                late.attach(await admit(engine, is_disconnected, keep_alive))
-            except ClientLeftError:
-                self.metrics.client_left("queued")
-                return
-            except EgemmaError as exc:
-                for event in failed(exc):
+            refusal = await self._admit_late(engine, late, cancel, is_disconnected, keep_alive)
+            if refusal is None and cancel.is_set() and cancel.reason is not None:
+                # The drain stopped it while the model loaded: say so (a client gone hears
+                # nothing).
+                refusal = UnavailableError(
+                    "The server is shutting down; retry.", retry_after=5, code=cancel.reason
+                )
+            if refusal is not None:
+                for event in failed(refusal):
                     yield event
-                return
-            if cancel.is_set():
-                return  # stopped (drain, client gone) while the model loaded
-            async for event in events(cancel):
-                yield event
+            elif not cancel.is_set():
+                async for event in events(cancel):
+                    yield event
 
         metered = self.metrics.observe(engine.name, deferred())
         return Run(metered, cancel, late, self.generations)
+
+    async def _admit_late(
+        self,
+        engine: ChatEngine,
+        late: LateSlot,
+        cancel: Cancel,
+        is_disconnected: Disconnected | None,
+        keep_alive: float | None,
+    ) -> EgemmaError | None:
+        """Admit into ``late``; the refusal to report, if any. A client gone while waiting is
+        no refusal: its run is cancelled (no reason: nobody to tell) and just ends."""
+        try:
+            late.attach(await admit(engine, is_disconnected, keep_alive))
+        except ClientLeftError:
+            self.metrics.client_left("queued")
+            cancel.set()
+        except EgemmaError as exc:
+            return exc
+        return None
 
 
 # --------------------------------------------------------------------------------------------
