@@ -273,7 +273,7 @@ def test_keep_alive_forever_outlives_the_idle_ttl(lazy: LiveServer) -> None:
     assert model["keep_alive"] == -1
     listing = httpx.get(f"{lazy.base_url}/v1/models", headers=AUTH, timeout=10).json()
     assert {m["id"]: m for m in listing["data"]}[SMOL]["keep_alive"] == -1
-    # The next request without keep_alive hands the model back to MODEL_IDLE_TTL.
+    # A later request's keep_alive replaces it.
     assert respond(lazy, SMOL, keep_alive="1s").status_code == 200
     deadline = time.monotonic() + 10
     while states(lazy)[SMOL]["state"] == "loaded" and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from egemma.errors import InvalidRequestError
+from egemma.errors import InvalidRequestError, UnavailableError
 from egemma.services.models.keep_alive import parse_keep_alive
 from egemma.services.models.registry import GIB, ModelEntry, ModelRegistry
 
@@ -124,7 +124,7 @@ def test_forever_outlives_the_idle_ttl_and_the_next_request_resets_it() -> None:
             await asyncio.sleep(0.8)
             assert e.state == "loaded"
             await reg.use(e)
-            reg.release(e)  # no keep_alive: MODEL_IDLE_TTL again
+            reg.release(e, None)  # a request without keep_alive: MODEL_IDLE_TTL again
             assert await wait_for_state(e, "configured")
         finally:
             await reg.aclose()
@@ -152,5 +152,21 @@ def test_a_load_runs_to_its_end_when_its_waiter_leaves() -> None:
         assert not reg._lock.locked()
         await reg.use(e)  # the next request finds it loaded; nothing waits on a stale lock
         assert reg.loads == 1
+
+    run(scenario())
+
+
+def test_a_use_that_never_ran_leaves_keep_alive_as_it_was() -> None:
+    def broken() -> FakeEngine:
+        raise OSError("weights gone")
+
+    async def scenario() -> None:
+        reg = ModelRegistry(8 * GIB, 0.0, 5.0)
+        e = reg.add(entry(load=broken))
+        e.keep_alive = math.inf
+        with pytest.raises(UnavailableError) as caught:
+            await reg.use(e)
+        assert caught.value.code == "model_load_failed"
+        assert (e.state, e.users, e.keep_alive) == ("error", 0, math.inf)
 
     run(scenario())

@@ -205,12 +205,16 @@ class ModelRegistry:
             raise
         return entry.engine
 
-    def release(self, entry: ModelEntry, keep_alive: float | None = None) -> None:
+    def release(
+        self, entry: ModelEntry, keep_alive: float | None | Literal["unchanged"] = "unchanged"
+    ) -> None:
         """The end of one use. ``keep_alive`` (seconds, ``inf`` never, ``None`` the default)
-        is how long the model stays loaded once idle: the last request to finish decides."""
+        is how long the model stays loaded once idle: the last request to finish decides; a
+        use that never ran (its load or admission failed) leaves it ``unchanged``."""
         entry.users = max(0, entry.users - 1)
         entry.last_used = time.monotonic()
-        entry.keep_alive = keep_alive
+        if not isinstance(keep_alive, str):
+            entry.keep_alive = keep_alive
         if entry.users == 0 and self._ttl(entry) == 0 and entry.state == "loaded":
             with contextlib.suppress(RuntimeError):  # no loop (shutdown): the reaper is gone too
                 asyncio.get_running_loop().create_task(self.reap())
@@ -350,7 +354,7 @@ class ModelRegistry:
     async def load(self, model_id: str) -> ModelEntry:
         entry = self.get(model_id)
         await self.use(entry)
-        self.release(entry, entry.keep_alive)  # loading alone leaves its time-to-live as is
+        self.release(entry)  # loading alone leaves its time-to-live as is
         return entry
 
     async def unload(self, model_id: str) -> ModelEntry:
