@@ -8,6 +8,10 @@ the other is in use.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ import pytest
 
 from egemma.app import create_app
 from egemma.services.models.embedding import ManagedEmbeddingEngine
+from egemma.services.models.gguf import read_header
 from egemma.settings import ModelSettings
 from tests.e2e.conftest import KEY, SMOL, real_settings
 from tests.fakes.embedding_models import build_minilm_onnx
@@ -197,3 +202,46 @@ def test_a_model_in_use_is_not_evicted_for_the_embedder(tight: LiveServer) -> No
     assert result["response"].status_code == 200, result["response"].text
     assert result["at"] >= ended - 0.5
     assert states(tight)[MINILM]["state"] == "loaded"
+
+
+def test_egemma_models_shows_the_embedding_model_and_both_budgets(
+    minilm: Path, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the sources under test
+        "DATA_DIR": str(tmp_path),
+        "HOME": str(tmp_path),
+        "EMBEDDING_MODEL_PATH": str(minilm),
+        "MODEL_MEMORY_BUDGET": "300MiB",
+        "MODEL_VRAM_BUDGET": "4GiB",  # as if a GPU were there: the SmolLM2 split is shown
+        "CHAT_N_GPU_LAYERS": "10",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "egemma", "--env-file", "/nonexistent", "models"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    entries = {e["spec"]: e for e in json.loads(proc.stdout)}
+    folder = sum(f.stat().st_size for f in minilm.rglob("*") if f.is_file())
+    embedder = entries[str(minilm)]
+    assert embedder["status"] == "ok"
+    assert embedder["estimated_bytes"] == folder
+    assert embedder["fits_memory_budget"] is True
+    smol = entries[f"builtin:{SMOL}"]
+    assert smol["gpu_layers"] == 10  # of 30: a third of the KV cache and the compute buffer
+    header = read_header(Path(smol["path"]))
+    last_ten = sum(
+        t.nbytes
+        for t in header.tensors
+        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= 20
+    )
+    assert smol["vram_estimated_bytes"] == (
+        last_ten + smol["kv_cache_bytes"] // 3 + smol["compute_bytes"]
+    )
+    assert smol["estimated_bytes"] < smol["weights_bytes"] + smol["kv_cache_bytes"]
+    assert smol["fits_vram_budget"] is True
+    assert "MODEL_VRAM_BUDGET" in proc.stderr
