@@ -195,3 +195,32 @@ def test_effort_minimal_skips_the_analysis_message(client: OpenAI) -> None:
     assert "reasoning" not in [item["type"] for item in out["output"]], out["output"]
     assert out["status"] == "completed"
     assert out["reasoning"]["effort"] == "minimal"
+
+
+@pytest.mark.parametrize("level", ["low", "medium", "high"])
+def test_effort_levels_reason_and_render_their_prompt(
+    client: OpenAI, level: str, tmp_path: Path
+) -> None:
+    from egemma.services.prompting.harmony import (
+        ensure_harmony_vocab,
+        load_encoding,
+        render_prompt,
+    )
+    from egemma.services.prompting.types import Turn
+
+    question = "Why is the sky blue?"
+    out = _create(client, input=question, reasoning={"effort": level})
+    assert out["reasoning"]["effort"] == level
+    assert out["status"] == "completed"
+    reasoning = out["output"][0]
+    assert reasoning["type"] == "reasoning", out["output"]
+    assert [c["type"] for c in reasoning["content"]] == ["reasoning_text"]
+    assert reasoning["content"][0]["text"]
+    assert "<|" not in reasoning["content"][0]["text"]
+    # The server's prompt is the renderer's for this level (the unit tests show that prompt
+    # carries "Reasoning: <level>" in its system message and differs from the others only there).
+    encoding = load_encoding(ensure_harmony_vocab(tmp_path))
+    expected = render_prompt(
+        [Turn("user", question)], [], instructions=None, effort=level, encoding=encoding
+    )
+    assert out["usage"]["input_tokens"] == len(expected)
