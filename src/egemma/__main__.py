@@ -1,4 +1,5 @@
-"""Console script ``egemma``: serve, config, models, prepare-models, keys, export-embeddings."""
+"""Console script ``egemma``: serve, config, models, prepare-models, keys, export-embeddings,
+export-reranker."""
 
 from __future__ import annotations
 
@@ -226,6 +227,24 @@ def cmd_export_embeddings(_: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_reranker(_: Settings, args: argparse.Namespace) -> int:
+    """Export a local sequence-classification folder to ONNX (needs the `export` extra)."""
+    from pathlib import Path
+
+    from egemma.export import ExportError
+    from egemma.export_reranker import RerankExportOptions, export_reranker
+
+    _setup_logging("info")
+    opts = RerankExportOptions(name=args.name, force=args.force)
+    try:
+        facts = export_reranker(Path(args.src), Path(args.dest), opts)
+    except ExportError as exc:
+        print(f"egemma: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(facts, indent=2))
+    return 0
+
+
 def _prepare_embeddings(settings: Settings) -> None:
     from egemma.export import ExportError, prepare_default
 
@@ -347,6 +366,14 @@ def _add_export_parser(sub: Any) -> None:
     )
     export.add_argument("--force", action="store_true", help="replace an existing DEST")
     export.set_defaults(func=cmd_export_embeddings)
+    rerank = sub.add_parser(
+        "export-reranker", help="export a Hugging Face cross-encoder folder to ONNX (offline)"
+    )
+    rerank.add_argument("src", help="local sequence-classification folder (one label)")
+    rerank.add_argument("dest", help="output folder (RERANK_MODEL_PATH points here)")
+    rerank.add_argument("--name", help="served model name (default: the folder name)")
+    rerank.add_argument("--force", action="store_true", help="replace an existing DEST")
+    rerank.set_defaults(func=cmd_export_reranker)
 
 
 def build_parser() -> argparse.ArgumentParser:

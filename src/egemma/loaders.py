@@ -264,7 +264,46 @@ def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats
     }
 
 
-LOADERS = (load_chat, load_summary, load_gemini, load_embeddings)
+def load_reranker(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
+    """The cross-encoder for /v1/rerank, only when RERANK_MODEL_PATH is set (else /v1/rerank
+    scores by embedding cosine and /health has no rerank entry)."""
+    rerank = settings.rerank
+    if not rerank.model_path:
+        return
+    status = engines.capability("rerank")
+    try:
+        model = resolve(
+            rerank.model_path, "RERANK_MODEL_PATH", settings.server.models_root, want_dir=True
+        )
+        import onnxruntime as ort
+
+        from egemma.engines.onnx import select_providers
+        from egemma.engines.onnx_rerank import OnnxRerankEngine
+    except ModelFileError as exc:
+        _fail(engines, "rerank", str(exc))
+        return
+    except ImportError as exc:
+        _fail(engines, "rerank", f"ONNX engine unavailable: {exc.name} is not installed")
+        return
+    providers = select_providers(settings.embedding, ort.get_available_providers())
+    try:
+        engine = OnnxRerankEngine.load(model.path, providers, rerank.threads, rerank.model_name)
+    except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+        _fail(engines, "rerank", f"RERANK_MODEL_PATH: cannot load {model.path.name}: {exc}")
+        return
+    engines.reranker = engine
+    status.name = engine.name
+    status.status = "loaded"
+    status.context_length = engine.max_length
+    status.detail = {
+        "path": str(model.path),
+        "scorer": "cross_encoder",
+        "score": rerank.score,
+        "providers": list(engine.providers),
+    }
+
+
+LOADERS = (load_chat, load_summary, load_gemini, load_embeddings, load_reranker)
 
 
 async def load_all(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from egemma.engines.base import CapabilityStatus, ChatEngine, EmbeddingEngine
+from egemma.engines.base import CapabilityStatus, ChatEngine, EmbeddingEngine, RerankEngine
 
 if TYPE_CHECKING:
     from egemma.engines.gemini import GeminiBackend
@@ -22,6 +22,9 @@ CAPABILITIES = {
     "gemini": "gemini_api",
     "embeddings": "embedding_model",
 }
+# Shown (and awaited by /ready) only once a loader records them: the cross-encoder exists only
+# when RERANK_MODEL_PATH is set, and tests that pass their own engines never see it.
+OPTIONAL_CAPABILITIES = {"rerank": "rerank_model"}
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Engines:
     summary: ChatEngine | None = None  # local summaries (may be one of ``chat``)
     gemini: GeminiBackend | None = None
     embedding: EmbeddingEngine | None = None
+    reranker: RerankEngine | None = None  # the cross-encoder (RERANK_MODEL_PATH)
     status: dict[str, CapabilityStatus] = field(default_factory=dict)
     # Loads, evicts and unloads the chat/summary models on demand (services/models); None when
     # the engines were passed in (tests with fakes).
@@ -42,6 +46,11 @@ class Engines:
         if key not in self.status:
             self.status[key] = CapabilityStatus(name=key)
         return self.status[key]
+
+    def capability_keys(self) -> dict[str, str]:
+        """Every capability key and its /health name: the fixed ones and the recorded optional."""
+        found = {k: v for k, v in OPTIONAL_CAPABILITIES.items() if k in self.status}
+        return {**CAPABILITIES, **found}
 
     def chat_engines(self) -> list[ChatEngine]:
         """Every distinct chat engine: the served models and the summary model."""
@@ -60,3 +69,5 @@ class Engines:
             self.gemini.close()
         if self.embedding is not None:
             self.embedding.close()
+        if self.reranker is not None:
+            self.reranker.close()

@@ -551,6 +551,30 @@ class BatchSettings(BaseSettings):
     )
 
 
+class RerankSettings(BaseSettings):
+    """The cross-encoder behind ``/v1/rerank`` (issue 14); unset: the embedding model's cosine."""
+
+    model_config = _config("RERANK_")
+
+    model_path: str = Field(
+        "",
+        description="Exported cross-encoder ONNX folder (egemma export-reranker); empty: "
+        "/v1/rerank scores by embedding cosine.",
+    )
+    model_name: str = Field("", description="Name the reranker is served as.")
+    score: Literal["logit", "sigmoid"] = Field(
+        "logit",
+        description="relevance_score: the model's raw logit, or its sigmoid in (0, 1).",
+    )
+    threads: int = Field(0, ge=0, le=1024, description="Intra-op threads (0: all cores).")
+    max_request_chars: int = Field(
+        2_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Characters of query × documents one rerank request may score (400 beyond).",
+    )
+
+
 GROUPS: dict[str, type[BaseSettings]] = {
     "server": ServerSettings,
     "chat": ChatSettings,
@@ -558,6 +582,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "summary": SummarySettings,
     "gemini": GeminiSettings,
     "embedding": EmbeddingSettings,
+    "rerank": RerankSettings,
     "store": StoreSettings,
     "limits": LimitSettings,
     "ast": AstSettings,
@@ -587,6 +612,7 @@ class Settings:
     summary: SummarySettings
     gemini: GeminiSettings
     embedding: EmbeddingSettings
+    rerank: RerankSettings
     store: StoreSettings
     limits: LimitSettings
     ast: AstSettings

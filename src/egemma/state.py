@@ -24,6 +24,7 @@ from egemma.services.conversations import ConversationService
 from egemma.services.embeddings.service import EmbeddingService
 from egemma.services.generation import GenerationRunner
 from egemma.services.prompting.formats import PromptFormats
+from egemma.services.rerank import CrossEncoderService
 from egemma.services.responses.background import BackgroundResponses
 from egemma.services.responses.chat import ChatCompletionsService
 from egemma.services.responses.service import ResponsesService
@@ -48,6 +49,7 @@ class Services:
     ast: AstService
     embeddings: EmbeddingService | None  # None when the embedding model is not loaded
     background: BackgroundResponses | None = None  # background: true responses (issue 13)
+    reranker: CrossEncoderService | None = None  # RERANK_MODEL_PATH's cross-encoder (issue 14)
 
     def caches(self) -> list[TwoLevelCache]:
         found = [self.summarize.cache]
@@ -107,6 +109,9 @@ class AppState:
                 shared_level("embeddings", settings),
             )
             self.closers.append(embeddings.aclose)
+        reranker = None
+        if engines.reranker is not None:
+            reranker = CrossEncoderService(engines.reranker, settings.rerank)
         background = BackgroundResponses(responses, self.store)
         self.closers.append(background.close)
         self.services = Services(
@@ -118,6 +123,7 @@ class AppState:
             summarize=summarize,
             ast=ast,
             embeddings=embeddings,
+            reranker=reranker,
         )
         return self.services
 

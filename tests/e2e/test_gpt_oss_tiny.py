@@ -195,3 +195,68 @@ def test_effort_minimal_skips_the_analysis_message(client: OpenAI) -> None:
     assert "reasoning" not in [item["type"] for item in out["output"]], out["output"]
     assert out["status"] == "completed"
     assert out["reasoning"]["effort"] == "minimal"
+
+
+@pytest.mark.parametrize("level", ["low", "medium", "high"])
+def test_effort_levels_reason_and_render_their_prompt(
+    client: OpenAI, level: str, tmp_path: Path
+) -> None:
+    from egemma.services.prompting.harmony import (
+        ensure_harmony_vocab,
+        load_encoding,
+        render_prompt,
+    )
+    from egemma.services.prompting.types import Turn
+
+    question = "Why is the sky blue?"
+    out = _create(client, input=question, reasoning={"effort": level})
+    assert out["reasoning"]["effort"] == level
+    assert out["status"] == "completed"
+    reasoning = out["output"][0]
+    assert reasoning["type"] == "reasoning", out["output"]
+    assert [c["type"] for c in reasoning["content"]] == ["reasoning_text"]
+    assert reasoning["content"][0]["text"]
+    assert "<|" not in reasoning["content"][0]["text"]
+    # The server's prompt is the renderer's for this level (the unit tests show that prompt
+    # carries "Reasoning: <level>" in its system message and differs from the others only there).
+    encoding = load_encoding(ensure_harmony_vocab(tmp_path))
+    expected = render_prompt(
+        [Turn("user", question)], [], instructions=None, effort=level, encoding=encoding
+    )
+    assert out["usage"]["input_tokens"] == len(expected)
+
+
+def test_each_effort_changes_the_prompt_exactly_at_its_reasoning_line(
+    client: OpenAI, tmp_path: Path
+) -> None:
+    """The llama.cpp engine reports as cached the prefix a prompt shares with what its context
+    holds: after a ``low`` turn, a ``medium``/``high`` prompt for the same question shares
+    everything up to the level word of ``Reasoning: <level>`` and nothing after it."""
+    from egemma.services.prompting.harmony import (
+        ensure_harmony_vocab,
+        load_encoding,
+        render_prompt,
+    )
+    from egemma.services.prompting.types import Turn
+
+    encoding = load_encoding(ensure_harmony_vocab(tmp_path))
+    question = "Name a colour."
+
+    def local(level: str) -> list[int]:
+        turns = [Turn("user", question)]
+        return render_prompt(turns, [], instructions=None, effort=level, encoding=encoding)
+
+    def cached(level: str) -> tuple[int, int]:
+        usage = _create(client, input=question, reasoning={"effort": level})["usage"]
+        return usage["input_tokens_details"]["cached_tokens"], usage["input_tokens"]
+
+    previous = "low"
+    cached(previous)
+    for level in ("medium", "high"):
+        mine, before = local(level), local(previous)
+        split = next(i for i, (a, b) in enumerate(zip(mine, before, strict=False)) if a != b)
+        assert encoding.decode(mine[:split]).endswith("Reasoning:")
+        assert encoding.decode(mine[split : split + 1]).strip() == level
+        assert cached(level) == (split, len(mine))
+        assert cached(level) == (len(mine) - 1, len(mine))  # same prompt again: all of it
+        previous = level

@@ -24,3 +24,12 @@ def test_unavailable_has_retry_after() -> None:
     err = UnavailableError("queue full")
     assert err.status_code == 503
     assert err.headers["Retry-After"] == "1"
+
+
+def test_validation_param_names_a_body_field_called_query() -> None:
+    from egemma.api.errors import _param_from_loc
+
+    assert _param_from_loc(("body", "query")) == "query"  # /v1/rerank's own field
+    assert _param_from_loc(("body", "documents", 3)) == "documents[3]"
+    assert _param_from_loc(("query", "dimensions")) == "dimensions"
+    assert _param_from_loc(("body",)) is None

@@ -362,3 +362,35 @@ def test_user_text_cannot_forge_harmony_turns(encoding: Any) -> None:
         [Turn("user", "hi")], (), instructions=None, effort="low", encoding=encoding
     )
     assert tokens.count(start[0]) == plain.count(start[0])
+
+
+@pytest.mark.parametrize("level", ["low", "medium", "high"])
+def test_each_effort_renders_its_reasoning_line_and_bounds_the_analysis(
+    encoding: Any, level: str
+) -> None:
+    from egemma.services.prompting.harmony_grammar import ANALYSIS_CHARS, HarmonyGrammar
+
+    def render(effort: str) -> list[int]:
+        return render_prompt(
+            [Turn("user", "Hi")],
+            [],
+            instructions=None,
+            effort=effort,
+            encoding=encoding,
+            conversation_start_date="2025-01-02",
+        )
+
+    tokens = render(level)
+    text = encoding.decode(tokens)
+    system = text.split("<|end|>")[0]
+    assert system.startswith("<|start|>system<|message|>")
+    assert re.findall(r"Reasoning: (\w+)", text) == [level]  # once, in the system message
+    assert f"Reasoning: {level}" in system
+    # The levels differ only in that line.
+    others = {e: encoding.decode(render(e)) for e in ("low", "medium", "high") if e != level}
+    for other, rendered in others.items():
+        assert rendered.replace(f"Reasoning: {other}", f"Reasoning: {level}") == text
+    ids = {t: encoding.encode(t, allowed_special="all")[0] for t in encoding.special_tokens_set}
+    gbnf = HarmonyGrammar(ids).frame([], effort=level, text=None).gbnf
+    assert "root ::= analysis action" in gbnf
+    assert f"{{1,{ANALYSIS_CHARS[level]}}}" in gbnf

@@ -13,6 +13,7 @@ from egemma.personas import PersonaRegistry
 from egemma.services.ast import AstService
 from egemma.services.conversations import ConversationService
 from egemma.services.embeddings.service import EmbeddingService
+from egemma.services.rerank import CrossEncoderService
 from egemma.services.responses.chat import ChatCompletionsService
 from egemma.services.responses.service import ResponsesService
 from egemma.services.summarize.service import SummarizeService
@@ -99,6 +100,22 @@ def _embeddings(request: Request) -> EmbeddingService:
     return service
 
 
+def _rerank_scorer(request: Request) -> CrossEncoderService | EmbeddingService:
+    """The cross-encoder when RERANK_MODEL_PATH is set (503 while it is not loaded: never a
+    silent switch to another scorer), else the embedding model's cosine."""
+    built = services(request)
+    if built.reranker is not None:
+        return built.reranker
+    engines = app_state(request).engines
+    if "rerank" in engines.status:
+        status = engines.capability("rerank")
+        reason = status.reason or status.status.replace("_", " ")
+        raise UnavailableError(
+            f"The rerank model is not available ({reason}).", code="model_not_loaded"
+        )
+    return _embeddings(request)
+
+
 StateDep = Annotated[AppState, Depends(app_state)]
 ResponsesDep = Annotated[ResponsesService, Depends(_responses)]
 ChatDep = Annotated[ChatCompletionsService, Depends(_chat)]
@@ -109,3 +126,4 @@ PersonasDep = Annotated[PersonaRegistry, Depends(_personas)]
 StoreDep = Annotated[Store, Depends(_store)]
 OwnerDep = Annotated[Owner, Depends(_owner)]
 EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]
+RerankScorerDep = Annotated[CrossEncoderService | EmbeddingService, Depends(_rerank_scorer)]

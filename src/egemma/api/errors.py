@@ -43,7 +43,11 @@ async def _egemma_handler(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    # Only the leading element names where the value came from: a body field may itself be
+    # called "query" (/v1/rerank), and must still be named.
+    if loc and loc[0] in ("body", "query", "path", "header", "form", "cookie"):
+        loc = loc[1:]
+    parts = [str(p) for p in loc]
     if not parts:
         return None
     out = parts[0]

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from egemma import __version__
 from egemma.api.deps import app_state
-from egemma.runtime import CAPABILITIES, Engines
+from egemma.runtime import Engines
 from egemma.security import is_admin
 from egemma.state import AppState
 from egemma.store.base import Store, StoreUnavailableError
@@ -107,7 +107,7 @@ async def health(request: Request) -> dict[str, Any]:
     full = is_admin(request)
     body: dict[str, Any] = {"version": __version__}
     states = []
-    for key, legacy in CAPABILITIES.items():
+    for key, legacy in engines.capability_keys().items():
         body[legacy] = _entry(engines, key, full)
         states.append(body[legacy]["status"])
     body["store"] = _store_entry(state.store)
@@ -134,7 +134,9 @@ async def ready(request: Request) -> JSONResponse:
     state = app_state(request)
     engines = state.engines
     waiting = [
-        key for key in CAPABILITIES if engines.capability(key).status not in ("loaded", "disabled")
+        key
+        for key in engines.capability_keys()
+        if engines.capability(key).status not in ("loaded", "disabled")
     ]
     if state.draining:
         return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)

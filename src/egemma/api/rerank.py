@@ -1,13 +1,14 @@
 """``POST /v1/rerank`` and ``POST /rerank``: order documents by relevance to a query.
 
-Thin: check the request, hand it to ``services.rerank``, shape the Jina/Cohere/vLLM answer.
+Thin: check the request, hand it to ``services.rerank`` (the cross-encoder when one is
+configured, else the embedding model's cosine), shape the Jina/Cohere/vLLM answer.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from egemma.api.deps import EmbeddingsDep
+from egemma.api.deps import RerankScorerDep
 from egemma.errors import InvalidRequestError
 from egemma.ids import new_id
 from egemma.protocol.rerank import (
@@ -19,7 +20,7 @@ from egemma.protocol.rerank import (
     RerankUsage,
 )
 from egemma.ratelimit import rate_limit
-from egemma.services.rerank import rerank_by_cosine
+from egemma.services.rerank import CrossEncoderService, rerank_by_cosine
 
 router = APIRouter(tags=["embeddings"])
 
@@ -46,11 +47,14 @@ def _texts(body: RerankRequest) -> list[str]:
     dependencies=[Depends(rate_limit("embed"))],
 )
 @router.post("/rerank", include_in_schema=False, dependencies=[Depends(rate_limit("embed"))])
-async def rerank(body: RerankRequest, service: EmbeddingsDep, request: Request) -> RerankResponse:
+async def rerank(body: RerankRequest, service: RerankScorerDep, request: Request) -> RerankResponse:
     texts = _texts(body)
-    outcome = await rerank_by_cosine(
-        service, body.query, texts, body.top_n, is_disconnected=request.is_disconnected
-    )
+    if isinstance(service, CrossEncoderService):
+        outcome = await service.rerank(body.query, texts, body.top_n)
+    else:
+        outcome = await rerank_by_cosine(
+            service, body.query, texts, body.top_n, is_disconnected=request.is_disconnected
+        )
     results = [
         RerankResult(
             index=r.index,
@@ -62,7 +66,7 @@ async def rerank(body: RerankRequest, service: EmbeddingsDep, request: Request) 
     return RerankResponse(
         id=new_id("rerank"),
         model=service.engine.name,
-        scorer="embedding_cosine",
+        scorer=outcome.scorer,
         results=results,
         usage=RerankUsage(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens),
     )

@@ -225,3 +225,25 @@ class EmbeddingEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Reranking
+# --------------------------------------------------------------------------------------------
+
+
+class RerankEngine(Protocol):
+    """A cross-encoder: scores (query, document) pairs read together by one model
+    (``engines.onnx_rerank``). Blocking: the rerank service calls ``score`` from a worker
+    thread. ``identity`` names the weights; ``max_length`` is the longest pair in tokens (a longer
+    pair is truncated, longest side first, as Hugging Face tokenizers do)."""
+
+    name: str
+    max_length: int
+    identity: str
+
+    def score(self, query: str, documents: Sequence[str]) -> tuple[Any, list[int]]:
+        """(n float32 raw logits, one per document in order; token count per pair)."""
+        ...
+
+    def close(self) -> None: ...

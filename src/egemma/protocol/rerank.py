@@ -3,8 +3,10 @@ llama-server serve. Request: ``query``, ``documents`` (strings or ``{"text": ...
 ``return_documents``. Answer: ``results`` sorted by ``relevance_score``, each with the
 ``index`` of its document in the request and, when asked, ``document: {"text"}``.
 
-eGemma adds ``scorer`` to the answer: ``"embedding_cosine"`` when the scores are the embedding
-model's cosine between query and document (no cross-encoder is configured).
+eGemma adds ``scorer`` to the answer: ``"cross_encoder"`` when the configured cross-encoder
+(``RERANK_MODEL_PATH``) scored each pair (its raw logit, or its sigmoid with
+``RERANK_SCORE=sigmoid``), ``"embedding_cosine"`` when the scores are the embedding model's
+cosine between query and document (no cross-encoder is configured).
 """
 
 from __future__ import annotations

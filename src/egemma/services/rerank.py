@@ -1,6 +1,10 @@
-"""Reranking by the embedding model's cosine (no cross-encoder is configured).
+"""Reranking: by a cross-encoder when ``RERANK_MODEL_PATH`` names one (``CrossEncoderService``),
+else by the embedding model's cosine (``rerank_by_cosine``).
 
-The query is embedded with the model's query prompt and the documents with its document
+A cross-encoder reads query and document together and answers the model's raw logit (or its
+sigmoid, ``RERANK_SCORE``): answers say ``scorer: "cross_encoder"``.
+
+Without one, the query is embedded with the model's query prompt and the documents with its document
 prompt (EmbeddingGemma: ``task: search result | query: `` and ``title: none | text: ``); a
 model without prompts embeds both as they are. ``relevance_score`` is the cosine in [-1, 1],
 not a calibrated probability as a cross-encoder's sigmoid would be: answers say
@@ -12,14 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+import anyio
 import numpy as np
 
-from egemma.engines.base import Disconnected
+from egemma.engines.base import Disconnected, RerankEngine
 from egemma.errors import InvalidRequestError
 from egemma.services.embeddings.service import EmbeddingService
+from egemma.settings import RerankSettings
 
-SCORER = "embedding_cosine"
+Scorer = Literal["embedding_cosine", "cross_encoder"]
+SCORER: Scorer = "embedding_cosine"
+CROSS_ENCODER: Scorer = "cross_encoder"
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,59 @@ class Ranked:
 class RerankOutcome:
     ranked: list[Ranked]
     tokens: int
-    scorer: str = SCORER
+    scorer: Scorer = SCORER
+
+
+def _check(query: str, documents: Sequence[str]) -> None:
+    if not query.strip():
+        raise InvalidRequestError("query must not be empty.", param="query", code="empty_input")
+    if not documents:
+        raise InvalidRequestError(
+            "documents must not be empty.", param="documents", code="empty_input"
+        )
+
+
+def _ranked(scores: np.ndarray, top_n: int | None) -> list[Ranked]:
+    """Best first; ties keep request order."""
+    order = np.argsort(-scores, kind="stable")
+    if top_n is not None:
+        order = order[:top_n]
+    return [Ranked(int(i), float(scores[i])) for i in order]
+
+
+class CrossEncoderService:
+    """Scores (query, document) pairs with the configured cross-encoder, off the event loop.
+
+    One request's pairs go to the engine in one call (it sorts them by length into runs); a
+    limiter keeps at most ``CONCURRENCY`` requests on the CPU at once so the worker threads do
+    not oversubscribe the cores ONNX Runtime already uses."""
+
+    CONCURRENCY = 2
+
+    def __init__(self, engine: RerankEngine, settings: RerankSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._limiter = anyio.CapacityLimiter(self.CONCURRENCY)
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankOutcome:
+        _check(query, documents)
+        chars = len(query) * len(documents) + sum(len(d) for d in documents)
+        if chars > self.settings.max_request_chars:
+            raise InvalidRequestError(
+                f"The request holds {chars} characters of query and documents; at most "
+                f"{self.settings.max_request_chars} are accepted (RERANK_MAX_REQUEST_CHARS).",
+                param="documents",
+                code="too_many_inputs",
+            )
+        logits, counts = await anyio.to_thread.run_sync(
+            self.engine.score, query, list(documents), limiter=self._limiter
+        )
+        scores = np.asarray(logits, dtype=np.float64)
+        if self.settings.score == "sigmoid":
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        return RerankOutcome(_ranked(scores, top_n), sum(counts), CROSS_ENCODER)
 
 
 def _prompt(service: EmbeddingService, *names: str) -> str | None:
@@ -48,12 +109,7 @@ async def rerank_by_cosine(
     is_disconnected: Disconnected | None = None,
 ) -> RerankOutcome:
     """Documents ordered by cosine to ``query``, best first; ties keep request order."""
-    if not query.strip():
-        raise InvalidRequestError("query must not be empty.", param="query", code="empty_input")
-    if not documents:
-        raise InvalidRequestError(
-            "documents must not be empty.", param="documents", code="empty_input"
-        )
+    _check(query, documents)
     service.check_cost([query, *documents])
     q = await service.embed(
         [query],
@@ -66,8 +122,4 @@ async def rerank_by_cosine(
         is_disconnected=is_disconnected,
     )
     scores = d.vectors @ q.vectors[0]
-    order = np.argsort(-scores, kind="stable")
-    if top_n is not None:
-        order = order[:top_n]
-    ranked = [Ranked(int(i), float(scores[i])) for i in order]
-    return RerankOutcome(ranked, q.total_tokens + d.total_tokens)
+    return RerankOutcome(_ranked(scores, top_n), q.total_tokens + d.total_tokens)
