@@ -129,6 +129,8 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
     if settings.summary.model_path:
         wanted.append(("summary", settings.summary.model_path, "SUMMARY_MODEL_PATH", False))
     wanted.append(("embeddings", settings.embedding.model_path, "EMBEDDING_MODEL_PATH", True))
+    if settings.rerank.model_path:
+        wanted.append(("rerank", settings.rerank.model_path, "RERANK_MODEL_PATH", True))
     for capability, spec, setting, want_dir in wanted:
         entry: dict[str, Any] = {"capability": capability, "setting": setting, "spec": spec}
         try:
@@ -166,7 +168,7 @@ def _memory_estimate(settings: Settings, capability: str, path: Path) -> dict[st
     from egemma.services.models.gguf import GgufError, estimate
     from egemma.services.models.vram import split_estimate
 
-    if capability == "embeddings":
+    if capability in ("embeddings", "rerank"):
         return {"estimated_bytes": folder_bytes(path)}
     n_ctx = settings.summary.n_ctx if capability == "summary" else settings.chat.n_ctx
     _, vram_budget = _budgets(settings)

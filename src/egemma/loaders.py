@@ -21,10 +21,12 @@ from egemma.services.models.build import (
     build_registry,
     managed_chat,
     managed_embedding,
+    managed_rerank,
     preload,
 )
 from egemma.services.models.embedding import ManagedEmbeddingEngine
 from egemma.services.models.registry import ModelRegistry
+from egemma.services.models.rerank import ManagedRerankEngine
 from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
 
@@ -266,7 +268,8 @@ def load_embeddings(settings: Settings, engines: Engines, prompts: PromptFormats
 
 def load_reranker(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     """The cross-encoder for /v1/rerank, only when RERANK_MODEL_PATH is set (else /v1/rerank
-    scores by embedding cosine and /health has no rerank entry)."""
+    scores by embedding cosine and /health has no rerank entry). Registered like the embedding
+    model: its facts file now, the ONNX session at startup (CHAT_PRELOAD) or on first use."""
     rerank = settings.rerank
     if not rerank.model_path:
         return
@@ -278,7 +281,7 @@ def load_reranker(settings: Settings, engines: Engines, prompts: PromptFormats) 
         import onnxruntime as ort
 
         from egemma.engines.onnx import select_providers
-        from egemma.engines.onnx_rerank import OnnxRerankEngine
+        from egemma.engines.onnx_rerank import OnnxRerankEngine, RerankFacts
     except ModelFileError as exc:
         _fail(engines, "rerank", str(exc))
         return
@@ -287,8 +290,19 @@ def load_reranker(settings: Settings, engines: Engines, prompts: PromptFormats) 
         return
     providers = select_providers(settings.embedding, ort.get_available_providers())
     try:
-        engine = OnnxRerankEngine.load(model.path, providers, rerank.threads, rerank.model_name)
-    except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+        facts = RerankFacts.read(model.path)
+        for needed in (facts.onnx_file, "tokenizer.json"):
+            if not (model.path / needed).is_file():
+                raise ValueError(f"{model.path} has no {needed}")
+        name = rerank.model_name or facts.name
+        engine = managed_rerank(
+            _registry(settings, engines),
+            name,
+            model.path,
+            facts,
+            lambda: OnnxRerankEngine.load(model.path, providers, rerank.threads, name),
+        )
+    except (ValueError, OSError, TypeError) as exc:  # RerankModelError, a malformed facts file
         _fail(engines, "rerank", f"RERANK_MODEL_PATH: cannot load {model.path.name}: {exc}")
         return
     engines.reranker = engine
@@ -299,7 +313,7 @@ def load_reranker(settings: Settings, engines: Engines, prompts: PromptFormats) 
         "path": str(model.path),
         "scorer": "cross_encoder",
         "score": rerank.score,
-        "providers": list(engine.providers),
+        "providers": list(providers),
     }
 
 
@@ -313,6 +327,7 @@ async def load_all(settings: Settings, engines: Engines, prompts: PromptFormats)
     if engines.registry is not None:
         await preload(settings.models, engines.registry, engines.chat_default)
     _embedding_preload_failed(engines)
+    _rerank_preload_failed(engines)
     _report_slots(engines)
 
 
@@ -327,6 +342,19 @@ def _embedding_preload_failed(engines: Engines) -> None:
         engines,
         "embeddings",
         f"EMBEDDING_MODEL_PATH: cannot load {Path(engine.entry.path).name}: {engine.entry.error}",
+    )
+
+
+def _rerank_preload_failed(engines: Engines) -> None:
+    """The same for the cross-encoder: /health says why, /v1/rerank answers 503."""
+    engine = engines.reranker
+    if not isinstance(engine, ManagedRerankEngine) or engine.entry.state != "error":
+        return
+    engines.reranker = None
+    _fail(
+        engines,
+        "rerank",
+        f"RERANK_MODEL_PATH: cannot load {Path(engine.entry.path).name}: {engine.entry.error}",
     )
 
 

@@ -386,9 +386,10 @@ class ModelSettings(BaseSettings):
     model_config = _config()
 
     chat_preload: str = Field(
-        "chat,embedding",
+        "chat,embedding,rerank",
         description="Models loaded at startup, comma-separated: served model names, or chat "
-        "(the main chat model), summary, embedding, all, none. Others load on first use.",
+        "(the main chat model), summary, embedding, rerank, all, none. Others load on first "
+        "use.",
     )
     model_idle_ttl: float = Field(
         0.0,

@@ -50,6 +50,8 @@ async def list_models(
         add(engines.summary.name, "summarize")
     if engines.embedding is not None:
         add(engines.embedding.name, "embeddings")
+    if engines.reranker is not None:
+        add(engines.reranker.name, "rerank")
     if engines.gemini is not None:
         add(state.settings.gemini.default_model, "summarize")
     registry = engines.registry

@@ -20,6 +20,7 @@ from egemma.protocol.rerank import (
     RerankUsage,
 )
 from egemma.ratelimit import rate_limit
+from egemma.services.models.keep_alive import parse_keep_alive
 from egemma.services.rerank import CrossEncoderService, rerank_by_cosine
 
 router = APIRouter(tags=["embeddings"])
@@ -49,11 +50,19 @@ def _texts(body: RerankRequest) -> list[str]:
 @router.post("/rerank", include_in_schema=False, dependencies=[Depends(rate_limit("embed"))])
 async def rerank(body: RerankRequest, service: RerankScorerDep, request: Request) -> RerankResponse:
     texts = _texts(body)
+    keep_alive = parse_keep_alive(body.keep_alive)
     if isinstance(service, CrossEncoderService):
-        outcome = await service.rerank(body.query, texts, body.top_n)
+        outcome = await service.rerank(
+            body.query, texts, body.top_n, request.is_disconnected, keep_alive
+        )
     else:
         outcome = await rerank_by_cosine(
-            service, body.query, texts, body.top_n, is_disconnected=request.is_disconnected
+            service,
+            body.query,
+            texts,
+            body.top_n,
+            is_disconnected=request.is_disconnected,
+            keep_alive=keep_alive,
         )
     results = [
         RerankResult(

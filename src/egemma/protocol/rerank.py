@@ -11,7 +11,7 @@ cosine between query and document (no cross-encoder is configured).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -39,6 +39,11 @@ class RerankRequest(BaseModel):
     )
     return_documents: StrictBool = Field(
         True, description="Include each document's text in its result (as Jina and vLLM do)."
+    )
+    keep_alive: Any = Field(
+        default=None,
+        description="eGemma extension (Ollama's): how long the model stays loaded after this "
+        "request: seconds, a duration such as '5m', 0 to unload at once, -1 to keep it loaded.",
     )
 
 

@@ -14,6 +14,7 @@ service, so its cache and dynamic batching apply.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +25,7 @@ import numpy as np
 from egemma.engines.base import Disconnected, RerankEngine
 from egemma.errors import InvalidRequestError
 from egemma.services.embeddings.service import EmbeddingService
+from egemma.services.models.rerank import ManagedRerankEngine
 from egemma.settings import RerankSettings
 
 Scorer = Literal["embedding_cosine", "cross_encoder"]
@@ -76,8 +78,16 @@ class CrossEncoderService:
         self._limiter = anyio.CapacityLimiter(self.CONCURRENCY)
 
     async def rerank(
-        self, query: str, documents: Sequence[str], top_n: int | None = None
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        is_disconnected: Disconnected | None = None,
+        keep_alive: float | None = None,
     ) -> RerankOutcome:
+        """A registry-managed model is loaded (first use) and held while the pairs wait for
+        the CPU and are scored; it stays loaded ``keep_alive`` seconds after (None:
+        ``MODEL_IDLE_TTL``). Bad input is refused before anything loads."""
         _check(query, documents)
         chars = len(query) * len(documents) + sum(len(d) for d in documents)
         if chars > self.settings.max_request_chars:
@@ -87,13 +97,21 @@ class CrossEncoderService:
                 param="documents",
                 code="too_many_inputs",
             )
-        logits, counts = await anyio.to_thread.run_sync(
-            self.engine.score, query, list(documents), limiter=self._limiter
-        )
+        async with self._held(is_disconnected, keep_alive):
+            logits, counts = await anyio.to_thread.run_sync(
+                self.engine.score, query, list(documents), limiter=self._limiter
+            )
         scores = np.asarray(logits, dtype=np.float64)
         if self.settings.score == "sigmoid":
             scores = 1.0 / (1.0 + np.exp(-scores))
         return RerankOutcome(_ranked(scores, top_n), sum(counts), CROSS_ENCODER)
+
+    def _held(
+        self, is_disconnected: Disconnected | None, keep_alive: float | None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if isinstance(self.engine, ManagedRerankEngine):
+            return self.engine.hold(is_disconnected, keep_alive)
+        return contextlib.nullcontext()
 
 
 def _prompt(service: EmbeddingService, *names: str) -> str | None:
@@ -107,6 +125,7 @@ async def rerank_by_cosine(
     documents: Sequence[str],
     top_n: int | None = None,
     is_disconnected: Disconnected | None = None,
+    keep_alive: float | None = None,
 ) -> RerankOutcome:
     """Documents ordered by cosine to ``query``, best first; ties keep request order."""
     _check(query, documents)
@@ -115,11 +134,13 @@ async def rerank_by_cosine(
         [query],
         prompt_name=_prompt(service, "Retrieval-query", "query"),
         is_disconnected=is_disconnected,
+        keep_alive=keep_alive,
     )
     d = await service.embed(
         documents,
         prompt_name=_prompt(service, "Retrieval-document", "document"),
         is_disconnected=is_disconnected,
+        keep_alive=keep_alive,
     )
     scores = d.vectors @ q.vectors[0]
     return RerankOutcome(_ranked(scores, top_n), q.total_tokens + d.total_tokens)

@@ -1,6 +1,7 @@
 """Build the registry from settings: each configured GGUF becomes a ``ManagedChatEngine``
 (vocabulary now, weights on first use or at startup per ``CHAT_PRELOAD``) and the exported
-embedding folder a ``ManagedEmbeddingEngine`` (facts now, the ONNX session likewise)."""
+embedding folder a ``ManagedEmbeddingEngine`` and the cross-encoder's a ``ManagedRerankEngine``
+(facts now, the ONNX session likewise)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from egemma.services.models.registry import (
     default_budget,
     machine_ram,
 )
+from egemma.services.models.rerank import ManagedRerankEngine, RerankFacts
 from egemma.services.models.vram import default_vram_budget, detect_vram, split_estimate
 from egemma.settings import ChatSettings, ModelSettings, parse_bytes
 
@@ -108,6 +110,25 @@ def managed_embedding(
         )
     )
     return ManagedEmbeddingEngine(entry, registry, facts, name)
+
+
+def managed_rerank(
+    registry: ModelRegistry, name: str, folder: Path, facts: RerankFacts, load: Callable[[], Any]
+) -> ManagedRerankEngine:
+    """Register the exported cross-encoder folder the same way (its size is the estimate)."""
+    if name in registry.entries:
+        raise ValueError(f"the name {name!r} is already another model's; set RERANK_MODEL_NAME")
+    entry = registry.add(
+        ModelEntry(
+            id=name,
+            kind="rerank",
+            path=str(folder),
+            estimate=folder_bytes(folder),
+            load=load,
+            detail={"max_length": facts.max_seq_length},
+        )
+    )
+    return ManagedRerankEngine(entry, registry, facts, name)
 
 
 def preload_ids(

@@ -42,7 +42,7 @@ from egemma.errors import ClientLeftError, InvalidRequestError, NotFoundError, U
 log = logging.getLogger(__name__)
 
 ModelState = Literal["configured", "loading", "loaded", "unloading", "error"]
-ModelKind = Literal["chat", "summary", "embedding"]
+ModelKind = Literal["chat", "summary", "embedding", "rerank"]
 WAIT_POLL_SECONDS = 0.1
 REAP_MIN_SECONDS = 0.05
 GIB = 1024**3
