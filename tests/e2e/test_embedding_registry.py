@@ -245,3 +245,22 @@ def test_egemma_models_shows_the_embedding_model_and_both_budgets(
     assert smol["estimated_bytes"] < smol["weights_bytes"] + smol["kv_cache_bytes"]
     assert smol["fits_vram_budget"] is True
     assert "MODEL_VRAM_BUDGET" in proc.stderr
+
+
+def test_keep_alive_on_rerank_by_cosine(roomy: LiveServer) -> None:
+    """Without a cross-encoder /v1/rerank embeds: its keep_alive is the embedding model's."""
+    url = f"{roomy.base_url}/v1/rerank"
+    body = {"query": "a query for the idle test", "documents": ["a fresh document", "another"]}
+    r = httpx.post(url, json={**body, "keep_alive": -1}, headers=AUTH, timeout=180)
+    assert r.status_code == 200, r.text
+    assert r.json()["scorer"] == "embedding_cosine"
+    assert states(roomy)[MINILM]["keep_alive"] == -1
+    assert states(roomy)[MINILM]["state"] == "loaded"
+    body = {"query": "another query", "documents": ["texts nobody embedded before"]}
+    r = httpx.post(url, json={**body, "keep_alive": "0"}, headers=AUTH, timeout=180)
+    assert r.status_code == 200, r.text
+    # Unloaded at once, well before the 3 s MODEL_IDLE_TTL would have done it.
+    assert wait_state(roomy, MINILM, "configured", seconds=1.5) == "configured"
+    bad = httpx.post(url, json={**body, "keep_alive": []}, headers=AUTH, timeout=30)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_keep_alive"
