@@ -247,3 +247,40 @@ def test_egemma_models_shows_the_reranker(exported: Path, tmp_path: Path) -> Non
     assert entry["status"] == "ok"
     assert entry["estimated_bytes"] == folder_size(exported)
     assert entry["fits_memory_budget"] is True
+
+
+def test_the_reranker_is_not_evicted_while_it_scores(tight: LiveServer) -> None:
+    """A long request (1,000 pairs of 128 tokens: over a second of scoring) holds the reranker;
+    a chat request that needs its room waits for it to finish, then evicts it."""
+    assert rerank(tight).status_code == 200
+    assert states(tight)[RERANKER]["state"] == "loaded"
+    docs = [f"{'word ' * 200}{i}" for i in range(1000)]
+    result: dict[str, Any] = {}
+
+    def long_rerank() -> None:
+        result["rerank"] = rerank(tight, documents=docs, return_documents=False)
+        result["rerank_at"] = time.monotonic()
+
+    def ask_chat() -> None:
+        result["chat"] = chat(tight)
+        result["chat_at"] = time.monotonic()
+
+    scorer = threading.Thread(target=long_rerank)
+    asker = threading.Thread(target=ask_chat)
+    scorer.start()
+    deadline = time.monotonic() + 30
+    while states(tight)[RERANKER]["in_use"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    asker.start()
+    time.sleep(0.2)
+    mid = states(tight)
+    scorer.join(180)
+    asker.join(180)
+    assert mid[RERANKER]["state"] == "loaded"
+    assert mid[SMOL]["state"] == "configured"  # waiting for the room the reranker holds
+    assert result["rerank"].status_code == 200, result["rerank"].text
+    assert len(result["rerank"].json()["results"]) == 1000
+    assert result["chat"].status_code == 200, result["chat"].text
+    assert result["chat_at"] > result["rerank_at"]
+    now = states(tight)
+    assert (now[SMOL]["state"], now[RERANKER]["state"]) == ("loaded", "configured")
