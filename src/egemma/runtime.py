@@ -38,8 +38,8 @@ class Engines:
     embedding: EmbeddingEngine | None = None
     reranker: RerankEngine | None = None  # the cross-encoder (RERANK_MODEL_PATH)
     status: dict[str, CapabilityStatus] = field(default_factory=dict)
-    # Loads, evicts and unloads the chat/summary models on demand (services/models); None when
-    # the engines were passed in (tests with fakes).
+    # Loads, evicts and unloads the chat, summary, embedding and rerank models on demand
+    # (services/models); None when the engines were passed in (tests with fakes).
     registry: ModelRegistry | None = None
 
     def capability(self, key: str) -> CapabilityStatus:
