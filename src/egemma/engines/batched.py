@@ -83,15 +83,16 @@ def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
 def pick_slot(
     slots: list[KvSlot], prompt: tuple[int, ...], pin: str | None = None
 ) -> tuple[KvSlot, int] | None:
-    """The idle slot pinned to ``pin``, else the one with the longest common prefix, least
-    recently used among equals (unpinned slots go first, so pinned conversations keep theirs).
-    Returns it with the number of prompt tokens it can reuse."""
-    best: tuple[tuple[bool, int, bool, float], KvSlot, int] | None = None
+    """The idle slot pinned to ``pin``; else an unpinned one (so pinned conversations keep
+    theirs: taking one costs a state file write and its conversation a restore), the longest
+    common prefix first, least recently used among equals; a slot pinned to another
+    conversation only when every idle slot is. Returns it with the prompt tokens it can reuse."""
+    best: tuple[tuple[bool, bool, int, float], KvSlot, int] | None = None
     for slot in slots:
         if slot.busy:
             continue
         n = common_prefix(slot.tokens, prompt)
-        key = (pin is not None and slot.pin == pin, n, slot.pin is None, -slot.last_used)
+        key = (pin is not None and slot.pin == pin, slot.pin is None, n, -slot.last_used)
         if best is None or key > best[0]:
             best = (key, slot, n)
     if best is None:
