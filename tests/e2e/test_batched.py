@@ -303,10 +303,28 @@ def test_prompt_cache_key_pins_a_conversation(batched_server: LiveServer) -> Non
     assert again.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
 
 
-WORDS = (
-    "Alpha Bravo Charlie Delta Echo Foxtrot Golf Hotel India Juliett Kilo Lima Mike November "
-    "Oscar Papa Quebec Romeo Sierra Tango"
-).split()
+WORDS = [
+    "Alpha",
+    "Bravo",
+    "Charlie",
+    "Delta",
+    "Echo",
+    "Foxtrot",
+    "Golf",
+    "Hotel",
+    "India",
+    "Juliett",
+    "Kilo",
+    "Lima",
+    "Mike",
+    "November",
+    "Oscar",
+    "Papa",
+    "Quebec",
+    "Romeo",
+    "Sierra",
+    "Tango",
+]
 
 
 def fill_other_slots(oai: OpenAI, words: list[str]) -> list[Any]:
