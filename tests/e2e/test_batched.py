@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 
 from egemma.app import create_app
 from tests.e2e.conftest import KEY, SMOL, real_settings
@@ -445,3 +445,36 @@ def test_a_summary_shares_the_model_with_running_streams(batched_server: LiveSer
         assert final["output"], final
     assert engine.admission_stats().admitted - before >= 4  # the summary ran on this engine
     wait_idle(batched_server)
+
+
+def test_slots_beyond_the_memory_budget_are_a_startup_message_naming_the_settings(
+    tmp_path: Path,
+) -> None:
+    """16 slots of 8,192 tokens (about 3 GiB of KV) cannot fit 1 GiB: the chat model is an error
+    at startup naming CHAT_PARALLEL and CHAT_N_CTX; the same budget serves the single engine."""
+    env = {
+        "CHAT_PARALLEL": "16",
+        "CHAT_N_CTX": "8192",
+        "MODEL_MEMORY_BUDGET": "1GiB",
+        "CHAT_EXTRA_MODELS": "",
+        "SUMMARY_LOCAL_ENABLED": "false",
+    }
+    server = LiveServer(create_app(real_settings(tmp_path, CHAT_ENGINE="batched", **env)))
+    server.start(timeout=300)
+    try:
+        chat = httpx.get(f"{server.base_url}/health", timeout=10).json()["chat_model"]
+        with pytest.raises(APIStatusError) as info:
+            client(server).responses.create(model=SMOL, input="hi", max_output_tokens=2)
+    finally:
+        server.stop()
+    assert chat["status"] == "error", chat
+    for name in ("CHAT_PARALLEL", "CHAT_N_CTX", "MODEL_MEMORY_BUDGET", "16 KV slots of 8192"):
+        assert name in chat["reason"], chat["reason"]
+    assert info.value.status_code == 503
+    single = LiveServer(create_app(real_settings(tmp_path, CHAT_ENGINE="single", **env)))
+    single.start(timeout=300)
+    try:
+        chat = httpx.get(f"{single.base_url}/health", timeout=10).json()["chat_model"]
+    finally:
+        single.stop()
+    assert chat["status"] == "loaded", chat
