@@ -64,10 +64,10 @@ def start_server(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
         "WORKBENCH_API_KEY": KEY,
         "DATA_DIR": str(data),
         "PORT": str(port),
-        "GRACEFUL_TIMEOUT": "10",
+        "GRACEFUL_TIMEOUT": "30",
         "CHAT_ENGINE": "batched",
         "CHAT_PARALLEL": "2",
-        "CHAT_N_CTX": "4096",
+        "CHAT_N_CTX": "8192",
         "CHAT_EXTRA_MODELS": "",
         "EMBEDDING_ENABLED": "false",
         "SUMMARY_LOCAL_ENABLED": "false",
@@ -99,13 +99,13 @@ def test_sigterm_drains_the_batched_engine(tmp_path: Path) -> None:
     data, log = tmp_path / "data", tmp_path / "serve.log"
     proc, base = start_server(data, log)
     try:
-        # Greedy counting runs far past the 10 s grace on this model; the short one ends inside.
+        # Greedy counting runs far past the 30 s grace on this model; the short one ends inside.
         long = Stream(
             base,
             {
                 "model": SMOL,
                 "input": "Count from 1 to 5000, one number per line.",
-                "max_output_tokens": 3500,
+                "max_output_tokens": 7000,
                 "temperature": 0,
             },
         )
@@ -114,7 +114,7 @@ def test_sigterm_drains_the_batched_engine(tmp_path: Path) -> None:
             {
                 "model": SMOL,
                 "input": "Say hi.",
-                "max_output_tokens": 6,
+                "max_output_tokens": 4,
                 "temperature": 0,
                 "prompt_cache_key": "drain-pin",
             },
