@@ -25,7 +25,7 @@ from egemma.services.models.build import (
     preload,
 )
 from egemma.services.models.embedding import ManagedEmbeddingEngine
-from egemma.services.models.registry import ModelRegistry
+from egemma.services.models.registry import ModelRegistry, human
 from egemma.services.models.rerank import ManagedRerankEngine
 from egemma.services.prompting.formats import PromptFormats
 from egemma.settings import Settings
@@ -64,6 +64,24 @@ def _sequences(settings: Settings) -> int:
     return settings.batch.parallel if settings.batch.engine == "batched" else 1
 
 
+def _check_slots(settings: Settings, registry: ModelRegistry, engine: Any) -> None:
+    """The batched engine's slots must fit the memory budget: said once at startup, naming
+    the settings, rather than refused on every request (issue 12)."""
+    entry = getattr(engine, "entry", None)
+    if settings.batch.engine != "batched" or entry is None or entry.estimate <= registry.budget:
+        return
+    registry.entries.pop(entry.id, None)
+    engine.close()
+    kv = int(entry.detail.get("kv_cache_bytes", 0))
+    n_ctx = entry.detail.get("n_ctx", settings.chat.n_ctx)
+    raise ValueError(
+        f"{settings.batch.parallel} KV slots of {n_ctx} tokens "
+        f"(CHAT_PARALLEL x CHAT_N_CTX, {human(kv)}) and the weights need about "
+        f"{human(entry.estimate)}, more than MODEL_MEMORY_BUDGET ({human(registry.budget)}); "
+        "lower CHAT_PARALLEL or CHAT_N_CTX, or raise MODEL_MEMORY_BUDGET"
+    )
+
+
 def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> None:
     status = engines.capability("chat")
     status.name = settings.chat.model_name or settings.chat.models()[0][0]
@@ -89,6 +107,7 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
                     load=_loader(name, model.path, settings),
                     kv_sequences=_sequences(settings),
                 )
+                _check_slots(settings, registry, engine)
         except (ModelFileError, ValueError, OSError) as exc:
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)

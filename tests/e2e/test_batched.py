@@ -6,6 +6,7 @@ Tiny model: these assert protocol shape, validity and accounting, never answer q
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 
 from egemma.app import create_app
 from tests.e2e.conftest import KEY, SMOL, real_settings
@@ -188,28 +189,87 @@ def test_one_cancelled_stream_leaves_the_others_untouched(batched_server: LiveSe
     wait_idle(batched_server)
 
 
-def test_many_aborted_streams_leak_nothing(batched_server: LiveServer) -> None:
+def server_tasks(server: LiveServer) -> int:
+    """Tasks alive on the server's event loop (asked on that loop)."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    assert server._loop is not None
+    return asyncio.run_coroutine_threadsafe(count(), server._loop).result(30)
+
+
+POOLS = ("AnyIO worker", "asyncio_")  # anyio's worker pool, the loop's default executor
+
+
+def anyio_workers() -> int:
+    return sum(t.name.startswith("AnyIO worker") for t in threading.enumerate())
+
+
+def own_threads() -> int:
+    """Threads of this process outside the two bounded pools, whose idle workers linger until
+    their next use (anyio: at most its limiter, 40 by default)."""
+    return sum(not t.name.startswith(POOLS) for t in threading.enumerate())
+
+
+def settled(server: LiveServer, tasks: int, threads: int, timeout: float = 120.0) -> None:
+    """Back to the task and thread counts from before (a task may still be closing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server_tasks(server) <= tasks and own_threads() <= threads:
+            return
+        time.sleep(0.2)
+    names = sorted(t.name for t in threading.enumerate())
+    raise AssertionError(f"leaked: {server_tasks(server)} tasks (was {tasks}), threads {names}")
+
+
+ABORTS = 1000  # the issue's figure; most leave after the first event, which costs little
+
+
+@pytest.mark.timeout(1800)
+def test_a_thousand_aborted_streams_leak_nothing(batched_server: LiveServer) -> None:
+    wait_idle(batched_server)
     engine = engine_of(batched_server)
     before = engine.admission_stats()
+    tasks, threads = server_tasks(batched_server), own_threads()
+    local = threading.local()
+    clients: list[httpx.Client] = []
 
-    def abort(i: int) -> None:
-        payload = {**body("plain", i), "stream": True, "max_output_tokens": 16}
-        with (
-            httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT) as http,
-            http.stream(
-                "POST", "/v1/responses", json=payload, headers={"Authorization": f"Bearer {KEY}"}
-            ) as resp,
-        ):
-            for n, _line in enumerate(resp.iter_lines()):
-                if n >= i % 7:  # leave at varied points: before, during and after prefill
-                    return
+    def http() -> httpx.Client:
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT)
+            clients.append(local.http)
+        return local.http  # type: ignore[no-any-return]
 
-    aborts = 24
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(abort, range(aborts)))
+    def abort(i: int) -> bool:
+        # Most leave after the first event (admitted, before or during prefill); one in 100
+        # after its first token (a running sequence of the batch; these cost the most time).
+        until = "output_text.delta" if i % 100 == 0 else "event: "
+        payload = {**body("plain", i), "stream": True, "max_output_tokens": 32}
+        with http().stream(
+            "POST", "/v1/responses", json=payload, headers={"Authorization": f"Bearer {KEY}"}
+        ) as resp:
+            assert resp.status_code == 200, resp.read()
+            for line in resp.iter_lines():
+                if until in line:
+                    return True  # leaving the block closes this connection mid-stream
+        return False
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        left = sum(pool.map(abort, range(ABORTS)))
+    for each in clients:
+        each.close()
+    assert left == ABORTS
     wait_idle(batched_server)
     after = engine.admission_stats()
-    assert after.admitted - before.admitted + after.abandoned - before.abandoned >= aborts // 2
+    assert after.depth == 0
+    assert not after.busy
+    assert after.rejected == before.rejected
+    assert after.admitted - before.admitted + after.abandoned - before.abandoned >= ABORTS
+    assert anyio_workers() <= 40
+    assert engine.slot_report()["busy_slots"] == 0
+    assert not engine._incoming  # nothing parked in the scheduler
+    settled(batched_server, tasks, threads)
     # The server still serves a whole answer afterwards.
     final = check_sequence(raw_events(batched_server, body("plain", 7)))
     assert final["status"] in ("completed", "incomplete")
@@ -259,6 +319,77 @@ def test_prompt_cache_key_pins_a_conversation(batched_server: LiveServer) -> Non
     assert again.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
 
 
+WORDS = [
+    "Alpha",
+    "Bravo",
+    "Charlie",
+    "Delta",
+    "Echo",
+    "Foxtrot",
+    "Golf",
+    "Hotel",
+    "India",
+    "Juliett",
+    "Kilo",
+    "Lima",
+    "Mike",
+    "November",
+    "Oscar",
+    "Papa",
+    "Quebec",
+    "Romeo",
+    "Sierra",
+    "Tango",
+]
+
+
+def fill_other_slots(oai: OpenAI, words: list[str]) -> list[Any]:
+    """More fresh conversations than slots, each opening differently: without a pin, the
+    least recently used slot, whichever conversation it holds, is taken next."""
+    fresh = []
+    for word in words:
+        answer = oai.responses.create(
+            model=SMOL, instructions=f"{word} is the code word.", input="Hi.", max_output_tokens=2
+        )
+        assert answer.usage is not None
+        fresh.append(answer.usage)
+    return fresh
+
+
+@pytest.mark.parametrize("link", ["previous_response_id", "conversation"])
+def test_a_chain_of_turns_stays_on_its_slot(batched_server: LiveServer, link: str) -> None:
+    """Turn 3 finds turn 2's KV although more conversations than slots ran in between: a
+    ``previous_response_id`` chain pins by its root response, a conversation by its id."""
+    wait_idle(batched_server)
+    oai = client(batched_server)
+    text = "You are a patient tutor explaining the water cycle to a curious student. " * 8
+    ask: dict[str, Any] = {"model": SMOL, "instructions": text, "max_output_tokens": 4}
+    if link == "conversation":
+        ask["conversation"] = oai.conversations.create().id
+    turn = oai.responses.create(**ask, input="What is evaporation?")
+    turns = [turn]
+    for question in ("And condensation?", "And precipitation?"):
+        if link == "previous_response_id":
+            ask["previous_response_id"] = turn.id
+        if len(turns) == 2:
+            start = 0 if link == "conversation" else PARALLEL + 1
+            fresh = fill_other_slots(oai, WORDS[start : start + PARALLEL + 1])
+        turn = oai.responses.create(**ask, input=question)
+        turns.append(turn)
+    usages = [t.usage for t in turns]
+    assert all(u is not None for u in usages)
+    second, third = usages[1], usages[2]
+    assert second is not None
+    assert third is not None
+    cached = third.input_tokens_details.cached_tokens
+    # Everything turn 2 read is still in the slot: the fresh conversations went elsewhere.
+    assert cached >= second.input_tokens - 2, (link, cached, second)
+    assert cached < third.input_tokens
+    # cached_tokens is each request's own: the fresh ones share only the template's opening.
+    for usage in fresh:
+        assert usage.input_tokens_details.cached_tokens < 8, usage
+
+
 def test_a_pinned_slot_is_restored_after_a_restart(tmp_path: Path) -> None:
     text = "Explain how tides are caused by the moon and the sun, step by step. " * 6
 
@@ -294,3 +425,72 @@ def test_a_pinned_slot_is_restored_after_a_restart(tmp_path: Path) -> None:
     finally:
         second_server.stop()
     assert warm.input_tokens_details.cached_tokens >= cold.input_tokens - 2
+
+
+def test_a_summary_shares_the_model_with_running_streams(batched_server: LiveServer) -> None:
+    """/summarize on the local engine (the chat model itself) while chat streams decode."""
+    wait_idle(batched_server)
+    engine = engine_of(batched_server)
+    before = engine.admission_stats().admitted
+    code = b'"""Helpers."""\n\n\ndef add(a: int, b: int) -> int:\n    return a + b\n'
+
+    def summarize() -> httpx.Response:
+        with httpx.Client(base_url=batched_server.base_url, timeout=TIMEOUT) as http:
+            return http.post(
+                "/summarize",
+                files={"file": ("helpers.py", code)},
+                data={"max_tokens": "16", "temperature": "0"},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        streams = [
+            pool.submit(raw_events, batched_server, {**body("plain", i), "max_output_tokens": 48})
+            for i in range(3)
+        ]
+        summary = pool.submit(summarize)
+        answers = [check_sequence(f.result()) for f in streams]
+        r = summary.result()
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert (result["language"], result["model"], result["cached"]) == ("Python", SMOL, False)
+    assert isinstance(result["summary"], str)
+    assert result["summary"].strip()
+    for final in answers:
+        assert final["status"] in ("completed", "incomplete")
+        assert final["output"], final
+    assert engine.admission_stats().admitted - before >= 4  # the summary ran on this engine
+    wait_idle(batched_server)
+
+
+def test_slots_beyond_the_memory_budget_are_a_startup_message_naming_the_settings(
+    tmp_path: Path,
+) -> None:
+    """16 slots of 8,192 tokens (about 3 GiB of KV) cannot fit 1 GiB: the chat model is an error
+    at startup naming CHAT_PARALLEL and CHAT_N_CTX; the same budget serves the single engine."""
+    env = {
+        "CHAT_PARALLEL": "16",
+        "CHAT_N_CTX": "8192",
+        "MODEL_MEMORY_BUDGET": "1GiB",
+        "CHAT_EXTRA_MODELS": "",
+        "SUMMARY_LOCAL_ENABLED": "false",
+    }
+    server = LiveServer(create_app(real_settings(tmp_path, CHAT_ENGINE="batched", **env)))
+    server.start(timeout=300)
+    try:
+        chat = httpx.get(f"{server.base_url}/health", timeout=10).json()["chat_model"]
+        with pytest.raises(APIStatusError) as info:
+            client(server).responses.create(model=SMOL, input="hi", max_output_tokens=2)
+    finally:
+        server.stop()
+    assert chat["status"] == "error", chat
+    for name in ("CHAT_PARALLEL", "CHAT_N_CTX", "MODEL_MEMORY_BUDGET", "16 KV slots of 8192"):
+        assert name in chat["reason"], chat["reason"]
+    assert info.value.status_code == 503
+    single = LiveServer(create_app(real_settings(tmp_path, CHAT_ENGINE="single", **env)))
+    single.start(timeout=300)
+    try:
+        chat = httpx.get(f"{single.base_url}/health", timeout=10).json()["chat_model"]
+    finally:
+        single.stop()
+    assert chat["status"] == "loaded", chat

@@ -83,15 +83,19 @@ def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
 def pick_slot(
     slots: list[KvSlot], prompt: tuple[int, ...], pin: str | None = None
 ) -> tuple[KvSlot, int] | None:
-    """The idle slot pinned to ``pin``, else the one with the longest common prefix, least
-    recently used among equals (unpinned slots go first, so pinned conversations keep theirs).
-    Returns it with the number of prompt tokens it can reuse."""
-    best: tuple[tuple[bool, int, bool, float], KvSlot, int] | None = None
+    """The idle slot pinned to ``pin``; else an unpinned one (so pinned conversations keep
+    theirs: taking one costs a state file write and its conversation a restore), a slot pinned
+    to another conversation only when every idle slot is. Among those, the most prompt tokens
+    reused less the cached tokens it would discard (so a shared template opening never evicts a
+    conversation while an empty slot is idle), least recently used among equals. Returns it
+    with the prompt tokens it can reuse."""
+    best: tuple[tuple[bool, bool, int, float], KvSlot, int] | None = None
     for slot in slots:
         if slot.busy:
             continue
         n = common_prefix(slot.tokens, prompt)
-        key = (pin is not None and slot.pin == pin, n, slot.pin is None, -slot.last_used)
+        gain = n - (len(slot.tokens) - n)
+        key = (pin is not None and slot.pin == pin, slot.pin is None, gain, -slot.last_used)
         if best is None or key > best[0]:
             best = (key, slot, n)
     if best is None:

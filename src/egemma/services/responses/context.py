@@ -48,16 +48,26 @@ class Context:
     new_items: list[Item]
     items: list[Item]  # history, then the new items
     conversation_id: str | None
+    chain_root: str | None = None  # the oldest stored response of a previous_response_id chain
+
+    @property
+    def pin(self) -> str | None:
+        """The key that keeps this conversation on one KV slot (batched engine): the
+        conversation, else the root of its response chain, so every turn of a chain of
+        ``previous_response_id`` maps to one stable key."""
+        return self.conversation_id or self.chain_root
 
     @property
     def history(self) -> list[Item]:
         return self.items[: len(self.items) - len(self.new_items)]
 
 
-async def _history(store: Store, previous_id: str) -> list[Item]:
-    """Items of the whole chain ending at ``previous_id``: inputs then outputs, oldest first."""
+async def _history(store: Store, previous_id: str) -> tuple[list[Item], str]:
+    """Items of the whole chain ending at ``previous_id``: inputs then outputs, oldest first;
+    and the id of the oldest response still stored (the chain's root)."""
     chain: list[list[Item]] = []
     current: str | None = previous_id
+    root = previous_id
     while current and len(chain) < MAX_CHAIN:
         found = await store.responses.get(current)
         if found is None:
@@ -69,14 +79,16 @@ async def _history(store: Store, previous_id: str) -> list[Item]:
                 )
             break  # an older link was deleted: keep what remains
         response, inputs = found
+        root = current
         chain.append([*inputs, *response.get("output", [])])
         current = response.get("previous_response_id")
-    return [item for link in reversed(chain) for item in link]
+    return [item for link in reversed(chain) for item in link], root
 
 
 async def chain_items(store: Store, previous_id: str) -> list[Item]:
     """Every item of the stored chain ending at ``previous_id`` (404 when unknown)."""
-    return await _history(store, previous_id)
+    items, _root = await _history(store, previous_id)
+    return items
 
 
 async def load_context(store: Store, req: ResponsesRequest) -> Context:
@@ -92,8 +104,9 @@ async def load_context(store: Store, req: ResponsesRequest) -> Context:
             param="conversation",
         )
     history: list[Item] = []
+    root: str | None = None
     if req.previous_response_id:
-        history = await _history(store, req.previous_response_id)
+        history, root = await _history(store, req.previous_response_id)
     elif conversation_id:
         items = await store.conversations.all_items(conversation_id)
         if items is None:
@@ -101,7 +114,7 @@ async def load_context(store: Store, req: ResponsesRequest) -> Context:
                 f"Conversation with id '{conversation_id}' not found.", param="conversation"
             )
         history = items
-    return Context(new_items, [*history, *new_items], conversation_id)
+    return Context(new_items, [*history, *new_items], conversation_id, root)
 
 
 def conversation_id_of(value: str | dict[str, Any] | None) -> str | None:

@@ -153,9 +153,7 @@ class ResponsesService:
             plan = await anyio.to_thread.run_sync(d.plan_for, d.turns)
         budget = check_context(engine, plan, req.max_output_tokens, chat.max_tokens)
         await check_grammar(engine, plan)
-        params = sampling_params(
-            req, chat, plan, budget, pin=req.prompt_cache_key or d.context.conversation_id
-        )
+        params = sampling_params(req, chat, plan, budget, pin=req.prompt_cache_key or d.context.pin)
         store = req.store is not False
         conversation_id = d.context.conversation_id
         response = new_response(
