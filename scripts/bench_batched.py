@@ -41,7 +41,7 @@ from egemma.modelfiles import resolve  # noqa: E402
 from egemma.settings import Settings  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-TOKENS = 64
+TOKENS = 48
 N_CTX = 1024
 PARALLEL = 4
 STREAMS = (1, 2, 4, 8)
