@@ -109,7 +109,8 @@ LOAD_TIME ?= 60s
 BENCH ?=
 
 bench: $(TEST_INSTALLED) ## ratios against baselines from the same run; JSON under results/
-	@$(if $(filter-out batched,$(BENCH)),,$(MAKE) --no-print-directory llama-server)
+	@$(if $(filter-out batched,$(BENCH)),,$(MAKE) --no-print-directory llama-server \
+		|| echo "==> llama-server build failed; the batched bench skips that comparison")
 	LLAMA_SERVER_BIN="$(LLAMA_SERVER_DIR)/llama-server" $(BIN)/python scripts/bench.py $(if $(BENCH),--only $(BENCH))
 
 llama-server: | $(BIN)/python ## build llama.cpp's llama-server once (the batched bench's peer, ~18 min)
