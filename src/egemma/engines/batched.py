@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 _DONE = object()
 _PARK = object()
 Put = Callable[[Any], None]
+SIMILAR = 0.1  # llama-server's default --slot-prompt-similarity
 
 
 @dataclass
@@ -85,13 +86,17 @@ def pick_slot(
 ) -> tuple[KvSlot, int] | None:
     """The idle slot pinned to ``pin``, else the one with the longest common prefix, least
     recently used among equals (unpinned slots go first, so pinned conversations keep theirs).
+    A prefix shorter than ``SIMILAR`` of the prompt (a chat template's header that every
+    conversation shares) counts as none: taking that slot would throw another conversation's
+    cache away to save a few tokens, so the request goes to the least recently used slot.
     Returns it with the number of prompt tokens it can reuse."""
     best: tuple[tuple[bool, int, bool, float], KvSlot, int] | None = None
     for slot in slots:
         if slot.busy:
             continue
         n = common_prefix(slot.tokens, prompt)
-        key = (pin is not None and slot.pin == pin, n, slot.pin is None, -slot.last_used)
+        similar = n if n >= SIMILAR * len(prompt) else 0
+        key = (pin is not None and slot.pin == pin, similar, slot.pin is None, -slot.last_used)
         if best is None or key > best[0]:
             best = (key, slot, n)
     if best is None:
