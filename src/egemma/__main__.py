@@ -112,7 +112,7 @@ def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
 
 def _slots(settings: Settings, path: Path) -> dict[str, int]:
     """The batched engine's KV memory for one chat model (CHAT_PARALLEL × CHAT_N_CTX)."""
-    from egemma.engines.batched import estimate_kv
+    from egemma.engines.kvslots import estimate_kv
 
     parallel, n_ctx = settings.batch.parallel, settings.chat.n_ctx
     return {"parallel": parallel, "n_ctx": n_ctx, "kv_bytes": estimate_kv(path, n_ctx, parallel)}

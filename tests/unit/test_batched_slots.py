@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from egemma.engines.batched import KvSlot, pick_slot
+from egemma.engines.kvslots import KvSlot, pick_slot
 
 
 def slot(seq_id: int, tokens: list[int], pin: str | None = None, used: float = 0.0) -> KvSlot:

@@ -34,9 +34,11 @@ from egemma.engines.base import (
     SamplingParams,
     TokenStream,
 )
+from egemma.engines.kvslots import KvSlot, common_prefix, kv_bytes, pick_slot
 from egemma.engines.kvstate import KvStateFiles, fingerprint
 from egemma.engines.llamacpp import LlamaChatEngine, _splice
 from egemma.engines.queue import ModelQueue
+from egemma.engines.samplers import sampler_chain
 from egemma.engines.threaded import LazyTokenStream, loop_sink
 from egemma.settings import BatchSettings, ChatSettings
 
@@ -45,17 +47,6 @@ log = logging.getLogger(__name__)
 _DONE = object()
 _PARK = object()
 Put = Callable[[Any], None]
-
-
-@dataclass
-class KvSlot:
-    """One sequence id of the context and the tokens its KV cache holds."""
-
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)
-    last_used: float = 0.0
-    busy: bool = False
-    pin: str | None = None
 
 
 @dataclass
@@ -69,70 +60,6 @@ class _Sequence:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     last: int = -1
     done: bool = False
-
-
-def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def pick_slot(
-    slots: list[KvSlot], prompt: tuple[int, ...], pin: str | None = None
-) -> tuple[KvSlot, int] | None:
-    """The idle slot pinned to ``pin``; else an unpinned one (so pinned conversations keep
-    theirs: taking one costs a state file write and its conversation a restore), a slot pinned
-    to another conversation only when every idle slot is. Among those, the most prompt tokens
-    reused less the cached tokens it would discard (so a shared template opening never evicts a
-    conversation while an empty slot is idle), least recently used among equals. Returns it
-    with the prompt tokens it can reuse."""
-    best: tuple[tuple[bool, bool, int, float], KvSlot, int] | None = None
-    for slot in slots:
-        if slot.busy:
-            continue
-        n = common_prefix(slot.tokens, prompt)
-        gain = n - (len(slot.tokens) - n)
-        key = (pin is not None and slot.pin == pin, slot.pin is None, gain, -slot.last_used)
-        if best is None or key > best[0]:
-            best = (key, slot, n)
-    if best is None:
-        return None
-    # At least one prompt token is evaluated so there are logits to sample from.
-    return best[1], min(best[2], max(len(prompt) - 1, 0))
-
-
-def _penalty_values(params: SamplingParams) -> tuple[float, float, float]:
-    """(repeat, frequency, presence); the last two exist once the Responses surface adds them."""
-    return (
-        float(getattr(params, "repeat_penalty", 1.0)),
-        float(getattr(params, "frequency_penalty", 0.0)),
-        float(getattr(params, "presence_penalty", 0.0)),
-    )
-
-
-def kv_bytes(metadata: dict[str, str], tokens: int) -> int:
-    """Bytes of an f16 KV cache holding ``tokens`` tokens, from the GGUF's shape."""
-    arch = metadata.get("general.architecture", "")
-    layers = int(metadata.get(f"{arch}.block_count", "0"))
-    heads = int(metadata.get(f"{arch}.attention.head_count", "1"))
-    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", str(heads)))
-    embd = int(metadata.get(f"{arch}.embedding_length", "0"))
-    head_dim = int(metadata.get(f"{arch}.attention.key_length", str(embd // max(heads, 1))))
-    return 2 * 2 * layers * kv_heads * head_dim * tokens
-
-
-def estimate_kv(path: Path, n_ctx: int, parallel: int) -> int:
-    """KV bytes of ``parallel`` slots of ``n_ctx`` tokens, reading only the GGUF's metadata."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
-    try:
-        return kv_bytes(dict(llm.metadata or {}), n_ctx * parallel)
-    finally:
-        llm.close()
 
 
 class BatchedTokenStream(LazyTokenStream):
@@ -269,8 +196,6 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             self._cond.notify()
 
     def _sampler(self, params: SamplingParams) -> Any:
-        lc = self._llama_cpp
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         gbnf: str | None = None
         if params.gbnf is not None and params.grammar_parts:
             gbnf = _splice(params.gbnf, params.grammar_parts)  # a Harmony turn's tool schemas
@@ -278,31 +203,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             gbnf = params.gbnf
         elif params.json_schema is not None:
             gbnf = self._grammar(params.json_schema)._grammar
-        if gbnf is not None:
-            grammar = lc.llama_sampler_init_grammar(
-                self.llm._model.vocab, gbnf.encode("utf-8"), b"root"
-            )
-            if not grammar:
-                lc.llama_sampler_free(chain)
-                raise ValueError("llama.cpp could not parse the grammar")
-            lc.llama_sampler_chain_add(chain, grammar)
-        repeat, freq, present = _penalty_values(params)
-        if (repeat, freq, present) != (1.0, 0.0, 0.0):
-            penalties = lc.llama_sampler_init_penalties(self._n_vocab, 64, repeat, freq, present)
-            lc.llama_sampler_chain_add(chain, penalties)
-        seed = getattr(params, "seed", None)
-        if params.temperature <= 0.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-            return chain
-        if params.top_k > 0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(params.top_k))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
-        lc.llama_sampler_chain_add(
-            chain, lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED if seed is None else seed)
-        )
-        return chain
+        return sampler_chain(self._llama_cpp, self.llm._model.vocab, self._n_vocab, gbnf, params)
 
     def _start(
         self, request: GenerationRequest, stats: GenerationStats, put: Put
