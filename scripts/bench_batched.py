@@ -35,7 +35,17 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import Server, decode_rate, free_port, log, median, row, stream_timings  # noqa: E402
+from benchlib import (  # noqa: E402
+    Server,
+    decode_rate,
+    free_port,
+    log,
+    median,
+    row,
+    stop_process,
+    stream_timings,
+    wait_ready,
+)
 
 from egemma.modelfiles import resolve  # noqa: E402
 from egemma.settings import Settings  # noqa: E402
@@ -95,17 +105,7 @@ class LlamaServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("llama-server exited during start")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("llama-server did not become ready")
+        wait_ready(self.proc, f"{self.url}/health", "llama-server", 120)
 
     def one(self, i: int) -> int:
         payload = {
@@ -129,11 +129,7 @@ class LlamaServer:
         return tokens
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 class Native:
