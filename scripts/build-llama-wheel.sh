@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama-cpp-python once into $WHEELHOUSE (keyed by version + CMAKE_ARGS + Python tag) and reuse it.
+# Build llama-cpp-python once into $WHEELHOUSE (keyed by version + CMAKE_ARGS + Python tag + LLAMA_CFLAGS) and reuse it.
 # A cold build takes 8-19 minutes on 2 cores; progress is shown as ninja's [n/N] steps.
 # LLAMA_WHEEL_FROM (a folder or URL for pip --find-links) supplies a prebuilt wheel instead.
 set -euo pipefail
@@ -17,8 +17,10 @@ if [ -n "${LLAMA_WHEEL_FROM:-}" ]; then
   exit 0
 fi
 log="$WHEELHOUSE/build.log"
-echo "==> building llama-cpp-python $LLAMA_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}'), once; log: $log"
+echo "==> building llama-cpp-python $LLAMA_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}', LLAMA_CFLAGS='${LLAMA_CFLAGS:-}'), once; log: $log"
 start=$(date +%s)
+# CMake takes CFLAGS/CXXFLAGS as its initial C/C++ flags (LLAMA_CFLAGS: the Makefile, AMX off on x86-64).
+export CFLAGS="${LLAMA_CFLAGS:-} ${CFLAGS:-}" CXXFLAGS="${LLAMA_CFLAGS:-} ${CXXFLAGS:-}"
 export CMAKE_ARGS="${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
