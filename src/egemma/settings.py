@@ -126,7 +126,11 @@ class ChatSettings(BaseSettings):
     n_batch: int = Field(512, ge=1, le=65536, description="Prompt batch size.")
     n_threads: int = Field(0, ge=0, le=1024, description="CPU threads (0: all cores).")
     use_mmap: bool = Field(True, description="Memory-map the GGUF.")
-    flash_attn: bool = Field(False, description="Use flash attention where supported.")
+    flash_attn: bool | None = Field(
+        None,
+        description="Flash attention: unset lets llama.cpp decide for the batched engine (on "
+        "where supported) and keeps it off for the single one.",
+    )
     max_tokens: int = Field(
         1024, ge=1, le=1_048_576, description="Default max_output_tokens when a request sets none."
     )

@@ -109,7 +109,13 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx = self.n_ctx * self.parallel
         params.n_seq_max = self.parallel
-        params.kv_unified = False  # each sequence gets its own n_ctx cells
+        # One cell pool for every sequence: each stays under n_ctx tokens (``_emit``), so the
+        # pool never runs out. With flash attention, which skips the masked cells, a step of
+        # 4 sequences decodes 1.3x faster than with per-sequence streams (measured on the
+        # shipped SmolLM2 on 2 cores, llama-cpp-python 0.3.36; README, Concurrency).
+        params.kv_unified = True
+        if settings.flash_attn is None:
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.n_batch = max(settings.n_batch, self.step_tokens + self.parallel)
         params.n_ubatch = params.n_batch
         self._ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
@@ -153,7 +159,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             n_threads=threads,
             n_threads_batch=threads,
             use_mmap=settings.use_mmap,
-            flash_attn=settings.flash_attn,
+            flash_attn=bool(settings.flash_attn),
             verbose=False,
         )
         return cls(name, path, llm, settings, batch, state_dir)

@@ -134,7 +134,7 @@ class LlamaChatEngine:
                 n_threads=threads,
                 n_threads_batch=threads,
                 use_mmap=settings.use_mmap,
-                flash_attn=settings.flash_attn,
+                flash_attn=bool(settings.flash_attn),
                 verbose=False,
             )
 
