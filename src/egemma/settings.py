@@ -554,6 +554,14 @@ class BatchSettings(BaseSettings):
         le=1 << 40,
         description="Disk budget for evicted KV slot state files in DATA_DIR/kv-slots (0: off).",
     )
+    decode_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Linux: how much lower than the server's own the CPU priority of the decode "
+        "thread and llama.cpp's workers is, so the event loop (new requests, stream events) is "
+        "not queued behind them when they take every core (0: the same).",
+    )
 
 
 class RerankSettings(BaseSettings):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -145,6 +147,26 @@ def test_health_reports_the_slots(batched_server: LiveServer) -> None:
 
 
 @pytest.mark.timeout(1200)  # eight streams with grammars on a shared 2-core box
+def _nice(tid: int) -> int:
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of proc(5), after the name
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+def test_the_decode_threads_run_below_the_event_loop(batched_server: LiveServer) -> None:
+    """CHAT_DECODE_NICE (5): the scheduler thread and the llama.cpp workers its decodes start."""
+    client(batched_server).responses.create(model=SMOL, input="Hi", max_output_tokens=2)
+    base = _nice(threading.get_native_id())
+    schedulers = [t for t in threading.enumerate() if t.name.startswith("llama-batch-")]
+    assert schedulers
+    for thread in schedulers:
+        assert thread.native_id is not None
+        assert _nice(thread.native_id) == min(base + 5, 19)
+    lowered = [p for p in Path("/proc/self/task").iterdir() if _nice(int(p.name)) == base + 5]
+    workers = min(2, os.cpu_count() or 1)  # the scheduler is one of llama.cpp's threads
+    assert len(lowered) >= workers * len(schedulers)
+
+
 def test_eight_concurrent_streams_of_every_kind_complete(batched_server: LiveServer) -> None:
     kinds = ["tool", "json", "plain", "tool", "json", "plain", "tool", "plain"]
 

@@ -5,6 +5,9 @@ One scheduler thread owns the context (llama.cpp contexts are not thread-safe: l
 up to ``CHAT_STEP_TOKENS`` prompt tokens of the sequences still prefilling (chunked prefill, so a
 long prompt never freezes running streams), calls ``llama_decode`` once and samples every
 sequence with its own sampler chain (grammar, penalties, top-k/top-p/min-p, temperature, seed).
+A step whose prompt chunk ends a prompt leaves the decode tokens out (never two steps running),
+so a new request's first token does not wait for the running streams' next one; the thread runs
+``CHAT_DECODE_NICE`` below the event loop, which then serves new requests between its steps.
 
 KV slots remember: a finished sequence keeps its tokens in the cache, and a new generation goes
 to the idle slot sharing the longest token prefix with its prompt (least recently used first on
@@ -20,6 +23,7 @@ import asyncio
 import codecs
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +51,18 @@ log = logging.getLogger(__name__)
 _DONE = object()
 _PARK = object()
 Put = Callable[[Any], None]
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority by ``nice`` (Linux, where a thread has its own nice value
+    and the OpenMP workers it starts inherit it); elsewhere, or when refused, nothing changes."""
+    if nice <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except OSError as exc:
+        log.warning("could not lower the decode thread's priority: %s", exc)
 
 
 @dataclass
@@ -134,6 +150,8 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         self._incoming: list[tuple[GenerationRequest, GenerationStats, Put]] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._prompt_first = True
+        self._nice = batch.decode_nice
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -274,6 +292,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         seq.slot.last_used = time.monotonic()
 
     def _loop(self) -> None:
+        lower_priority(self._nice)  # before the first decode starts llama.cpp's workers
         active: list[_Sequence] = []
         while True:
             with self._cond:
@@ -350,7 +369,12 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         for seq in active:
             if seq.request.cancel.is_set():
                 self._finish(seq, "cancelled")
-            elif not seq.pending:
+        # A prompt that ends within this step runs without the decode tokens (at most every
+        # other step): its first token does not wait for the running streams' next token.
+        first = self._prompt_first and self._prompt_ends(active)
+        self._prompt_first = not first
+        for seq in active:
+            if not first and not seq.done and not seq.pending:
                 outputs.append((seq, self._add(seq, seq.last, True)))
         budget = self.step_tokens
         for seq in active:
@@ -364,6 +388,15 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             if not seq.pending:
                 outputs.append((seq, index))
         return outputs
+
+    def _prompt_ends(self, active: list[_Sequence]) -> bool:
+        """Whether decoding streams run beside a prompt chunk that ends its prompt (the first
+        prefilling sequence takes the step's budget first)."""
+        decoding = any(not s.done and not s.pending for s in active)
+        for seq in active:
+            if not seq.done and seq.pending:
+                return decoding and len(seq.pending) <= self.step_tokens
+        return False
 
     def _add(self, seq: _Sequence, token: int, logits: bool) -> int:
         batch = self._batch
