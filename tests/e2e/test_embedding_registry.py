@@ -65,6 +65,9 @@ def tight(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[Li
         tmp_path_factory.mktemp("tight"),
         minilm,
         CHAT_PRELOAD="none",
+        # Room for SmolLM2 with one context of KV or the embedder, not both (the batched
+        # engine's CHAT_PARALLEL contexts of KV would not fit at all).
+        CHAT_ENGINE="single",
         MODEL_MEMORY_BUDGET="300MiB",
         MODEL_LOAD_TIMEOUT="120",
     )
