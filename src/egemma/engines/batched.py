@@ -55,7 +55,7 @@ Put = Callable[[Any], None]
 
 def lower_priority(nice: int) -> None:
     """Lower this thread's CPU priority by ``nice`` (Linux, where a thread has its own nice value
-    and the OpenMP workers it starts inherit it); elsewhere, or when refused, nothing changes."""
+    and the llama.cpp workers it starts inherit it); elsewhere, or when refused, nothing changes."""
     if nice <= 0 or sys.platform != "linux":
         return
     tid = threading.get_native_id()
