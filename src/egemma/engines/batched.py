@@ -5,9 +5,8 @@ One scheduler thread owns the context (llama.cpp contexts are not thread-safe: l
 up to ``CHAT_STEP_TOKENS`` prompt tokens of the sequences still prefilling (chunked prefill, so a
 long prompt never freezes running streams), calls ``llama_decode`` once and samples every
 sequence with its own sampler chain (grammar, penalties, top-k/top-p/min-p, temperature, seed).
-A step whose prompt chunk ends a prompt leaves the decode tokens out (never two steps running),
-so a new request's first token does not wait for the running streams' next one; the thread runs
-``CHAT_DECODE_NICE`` below the event loop, which then serves new requests between its steps.
+What a step holds is ``batchsteps``' (a prompt's last chunk gets a step of its own); the thread
+runs ``CHAT_DECODE_NICE`` below the event loop, which then serves new requests between its steps.
 
 KV slots remember: a finished sequence keeps its tokens in the cache, and a new generation goes
 to the idle slot sharing the longest token prefix with its prompt (least recently used first on
@@ -20,14 +19,12 @@ step.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ from egemma.engines.base import (
     SamplingParams,
     TokenStream,
 )
+from egemma.engines.batchsteps import ActiveSequence, Put, StepBuilder
 from egemma.engines.kvslots import KvSlot, common_prefix, kv_bytes, pick_slot
 from egemma.engines.kvstate import KvStateFiles, fingerprint
 from egemma.engines.llamacpp import LlamaChatEngine, _splice
@@ -50,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _DONE = object()
 _PARK = object()
-Put = Callable[[Any], None]
 
 
 def lower_priority(nice: int) -> None:
@@ -63,19 +60,6 @@ def lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
     except OSError as exc:
         log.warning("could not lower the decode thread's priority: %s", exc)
-
-
-@dataclass
-class _Sequence:
-    request: GenerationRequest
-    stats: GenerationStats
-    put: Put
-    slot: KvSlot
-    sampler: Any
-    pending: list[int]
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    last: int = -1
-    done: bool = False
 
 
 class BatchedTokenStream(LazyTokenStream):
@@ -150,7 +134,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         self._incoming: list[tuple[GenerationRequest, GenerationStats, Put]] = []
         self._cond = threading.Condition()
         self._stopping = False
-        self._prompt_first = True
+        self._steps = StepBuilder(self._batch, self.step_tokens)
         self._nice = batch.decode_nice
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
@@ -231,7 +215,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
 
     def _start(
         self, request: GenerationRequest, stats: GenerationStats, put: Put
-    ) -> _Sequence | object:
+    ) -> ActiveSequence | object:
         """Place a new generation on a slot; ``_PARK`` to retry next step (no slot free yet),
         ``_DONE`` when it already ended (cancelled, or its grammar failed)."""
         if request.cancel.is_set():
@@ -260,7 +244,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         slot.busy = True
         slot.pin = request.params.pin
         slot.last_used = time.monotonic()
-        return _Sequence(request, stats, put, slot, sampler, list(request.prompt[reuse:]))
+        return ActiveSequence(request, stats, put, slot, sampler, list(request.prompt[reuse:]))
 
     def _restore(self, slot: KvSlot, request: GenerationRequest, reuse: int) -> int:
         """Evict ``slot`` for ``request``: a pinned slot's state goes to disk; a pinned
@@ -277,7 +261,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         log.info("restored %d KV tokens for a pinned conversation", len(slot.tokens))
         return min(common_prefix(slot.tokens, request.prompt), max(len(request.prompt) - 1, 0))
 
-    def _finish(self, seq: _Sequence, reason: str) -> None:
+    def _finish(self, seq: ActiveSequence, reason: str) -> None:
         if seq.done:
             return
         seq.done = True
@@ -293,7 +277,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
 
     def _loop(self) -> None:
         lower_priority(self._nice)  # before the first decode starts llama.cpp's workers
-        active: list[_Sequence] = []
+        active: list[ActiveSequence] = []
         while True:
             with self._cond:
                 while not self._stopping and not self._incoming and not active:
@@ -312,24 +296,24 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
 
     def _place(
         self, waiting: list[tuple[GenerationRequest, GenerationStats, Put]]
-    ) -> list[_Sequence]:
-        placed: list[_Sequence] = []
+    ) -> list[ActiveSequence]:
+        placed: list[ActiveSequence] = []
         for item in waiting:
             seq = self._start(*item)
-            if isinstance(seq, _Sequence):
+            if isinstance(seq, ActiveSequence):
                 placed.append(seq)
             elif seq is _PARK:
                 self._park(item)
         return placed
 
-    def _fail(self, active: list[_Sequence], exc: Exception) -> None:
+    def _fail(self, active: list[ActiveSequence], exc: Exception) -> None:
         for seq in active:
             seq.put(exc)
             self._finish(seq, "")
             self._llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, -1, -1)
             seq.slot.tokens.clear()
 
-    def _shutdown(self, active: list[_Sequence]) -> None:
+    def _shutdown(self, active: list[ActiveSequence]) -> None:
         for seq in active:
             self._finish(seq, "cancelled")
         for slot in self.slots:  # pinned conversations survive the restart
@@ -350,9 +334,12 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         with self._cond:
             self._incoming.append(item)
 
-    def _step(self, active: list[_Sequence]) -> None:
+    def _step(self, active: list[ActiveSequence]) -> None:
         """One ``llama_decode`` for every active sequence, then one sample each."""
-        outputs = self._fill(active)
+        for seq in active:
+            if seq.request.cancel.is_set():
+                self._finish(seq, "cancelled")
+        outputs = self._steps.fill(active)
         if self._batch.n_tokens == 0:
             return
         rc = self._llama_cpp.llama_decode(self._ctx, self._batch)
@@ -361,56 +348,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         for seq, index in outputs:
             self._emit(seq, index)
 
-    def _fill(self, active: list[_Sequence]) -> list[tuple[_Sequence, int]]:
-        """The batch: one token per decoding sequence first, then prompt chunks up to the
-        per-step budget. Returns the (sequence, batch index) pairs that want logits."""
-        self._batch.n_tokens = 0
-        outputs: list[tuple[_Sequence, int]] = []
-        for seq in active:
-            if seq.request.cancel.is_set():
-                self._finish(seq, "cancelled")
-        # A prompt that ends within this step runs without the decode tokens (at most every
-        # other step): its first token does not wait for the running streams' next token.
-        first = self._prompt_first and self._prompt_ends(active)
-        self._prompt_first = not first
-        for seq in active:
-            if not first and not seq.done and not seq.pending:
-                outputs.append((seq, self._add(seq, seq.last, True)))
-        budget = self.step_tokens
-        for seq in active:
-            if seq.done or not seq.pending or budget <= 0:
-                continue
-            chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
-            budget -= len(chunk)
-            for token in chunk[:-1]:
-                self._add(seq, token, False)
-            index = self._add(seq, chunk[-1], not seq.pending)
-            if not seq.pending:
-                outputs.append((seq, index))
-        return outputs
-
-    def _prompt_ends(self, active: list[_Sequence]) -> bool:
-        """Whether decoding streams run beside a prompt chunk that ends its prompt (the first
-        prefilling sequence takes the step's budget first)."""
-        decoding = any(not s.done and not s.pending for s in active)
-        for seq in active:
-            if not seq.done and seq.pending:
-                return decoding and len(seq.pending) <= self.step_tokens
-        return False
-
-    def _add(self, seq: _Sequence, token: int, logits: bool) -> int:
-        batch = self._batch
-        n = batch.n_tokens
-        batch.token[n] = token
-        batch.pos[n] = len(seq.slot.tokens)
-        batch.n_seq_id[n] = 1
-        batch.seq_id[n][0] = seq.slot.seq_id
-        batch.logits[n] = logits
-        batch.n_tokens = n + 1
-        seq.slot.tokens.append(token)
-        return int(n)
-
-    def _emit(self, seq: _Sequence, index: int) -> None:
+    def _emit(self, seq: ActiveSequence, index: int) -> None:
         params, stats = seq.request.params, seq.stats
         if seq.request.cancel.is_set():  # checked before every token
             self._finish(seq, "cancelled")
