@@ -137,7 +137,7 @@ def cmd_models(settings: Settings, _: argparse.Namespace) -> int:
             model = resolve(spec, setting, root, want_dir=want_dir)
             entry.update(path=str(model.path), origin=model.origin, status="ok")
             entry.update(_memory_estimate(settings, capability, model.path))
-            if capability == "chat" and settings.batch.engine == "batched":
+            if capability == "chat" and settings.batch.engine != "single":
                 entry["slots"] = _slots(settings, model.path)
         except ModelFileError as exc:
             entry.update(status="error", reason=str(exc))

@@ -8,7 +8,6 @@ inside the loader, so a missing extra is a capability error, not a crash.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from egemma.services.models.build import (
     preload,
 )
 from egemma.services.models.embedding import ManagedEmbeddingEngine
+from egemma.services.models.managed import ManagedChatEngine
 from egemma.services.models.registry import ModelRegistry, human
 from egemma.services.models.rerank import ManagedRerankEngine
 from egemma.services.prompting.formats import PromptFormats
@@ -40,9 +40,9 @@ def _fail(engines: Engines, key: str, reason: str) -> None:
     log.error("%s unavailable: %s", key, reason)
 
 
-def _load_llama(name: str, path: Path, settings: Settings) -> Any:
-    """The llama.cpp engine CHAT_ENGINE names: one context (single) or batched slots."""
-    if settings.batch.engine == "batched":
+def _load_llama(name: str, path: Path, settings: Settings, batched: bool) -> Any:
+    """The llama.cpp engine: batched slots, or one context (single)."""
+    if batched:
         from egemma.engines.batched import BatchedLlamaChatEngine
 
         state_dir = settings.server.data_dir / "kv-slots"
@@ -54,27 +54,46 @@ def _load_llama(name: str, path: Path, settings: Settings) -> Any:
     return LlamaChatEngine.load(name, path, settings.chat)
 
 
-def _loader(name: str, path: Path, settings: Settings) -> Callable[[], Any]:
-    """What the registry calls to load ``path`` (on first use or at startup)."""
-    return lambda: _load_llama(name, path, settings)
+def _register_llama(
+    registry: ModelRegistry, name: str, path: Path, settings: Settings
+) -> ManagedChatEngine:
+    """``path`` registered with the engine CHAT_ENGINE names. ``auto`` takes the batched slots
+    when the weights and CHAT_PARALLEL contexts of KV fit the memory budget, else one context;
+    ``batched`` over the budget is a startup error naming the settings (issue 12)."""
+    mode = settings.batch.engine
+    if mode != "single":
+        engine = managed_chat(
+            registry,
+            name,
+            path,
+            settings.chat,
+            "chat",
+            load=lambda: _load_llama(name, path, settings, batched=True),
+            kv_sequences=settings.batch.parallel,
+        )
+        if engine.entry.estimate <= registry.budget:
+            return engine
+        registry.entries.pop(engine.entry.id, None)
+        engine.close()
+        reason = _slots_over_budget(settings, registry, engine)
+        if mode == "batched":
+            raise ValueError(reason)
+        log.info("chat model %s: %s; serving it from one context (CHAT_ENGINE=auto)", name, reason)
+    return managed_chat(
+        registry,
+        name,
+        path,
+        settings.chat,
+        "chat",
+        load=lambda: _load_llama(name, path, settings, batched=False),
+    )
 
 
-def _sequences(settings: Settings) -> int:
-    """KV caches one loaded model holds: one per slot with the batched engine."""
-    return settings.batch.parallel if settings.batch.engine == "batched" else 1
-
-
-def _check_slots(settings: Settings, registry: ModelRegistry, engine: Any) -> None:
-    """The batched engine's slots must fit the memory budget: said once at startup, naming
-    the settings, rather than refused on every request (issue 12)."""
-    entry = getattr(engine, "entry", None)
-    if settings.batch.engine != "batched" or entry is None or entry.estimate <= registry.budget:
-        return
-    registry.entries.pop(entry.id, None)
-    engine.close()
+def _slots_over_budget(settings: Settings, registry: ModelRegistry, engine: Any) -> str:
+    entry = engine.entry
     kv = int(entry.detail.get("kv_cache_bytes", 0))
     n_ctx = entry.detail.get("n_ctx", settings.chat.n_ctx)
-    raise ValueError(
+    return (
         f"{settings.batch.parallel} KV slots of {n_ctx} tokens "
         f"(CHAT_PARALLEL x CHAT_N_CTX, {human(kv)}) and the weights need about "
         f"{human(entry.estimate)}, more than MODEL_MEMORY_BUDGET ({human(registry.budget)}); "
@@ -98,16 +117,7 @@ def load_chat(settings: Settings, engines: Engines, prompts: PromptFormats) -> N
                 model = resolve(spec, setting, settings.server.models_root)
                 check_gguf(model.path)
                 # Registered, not loaded: the registry loads it at startup (CHAT_PRELOAD) or on use.
-                engine = managed_chat(
-                    registry,
-                    name,
-                    model.path,
-                    settings.chat,
-                    "chat",
-                    load=_loader(name, model.path, settings),
-                    kv_sequences=_sequences(settings),
-                )
-                _check_slots(settings, registry, engine)
+                engine = _register_llama(registry, name, model.path, settings)
         except (ModelFileError, ValueError, OSError) as exc:
             errors.append(f"{name}: {exc}")
             log.error("chat model %s not loaded: %s", name, exc)

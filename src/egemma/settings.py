@@ -535,9 +535,11 @@ class BatchSettings(BaseSettings):
 
     model_config = _config("CHAT_")
 
-    engine: Literal["single", "batched"] = Field(
-        "single",
-        description="llama.cpp engine: one context per generation (single) or batched slots.",
+    engine: Literal["auto", "single", "batched"] = Field(
+        "auto",
+        description="llama.cpp engine: batched slots (CHAT_PARALLEL sequences decoded together), "
+        "one context per generation (single), or auto: batched for each model whose weights and "
+        "slots fit MODEL_MEMORY_BUDGET, single for the others.",
     )
     parallel: int = Field(
         4, ge=1, le=64, description="Sequences decoded together per model (batched engine)."

@@ -527,3 +527,31 @@ def test_slots_beyond_the_memory_budget_are_a_startup_message_naming_the_setting
     finally:
         single.stop()
     assert chat["status"] == "loaded", chat
+
+
+@pytest.mark.parametrize(("budget", "batched"), [("", True), ("1GiB", False)])
+def test_auto_takes_the_slots_where_they_fit_and_one_context_where_not(
+    tmp_path: Path, budget: str, batched: bool
+) -> None:
+    """CHAT_ENGINE=auto (the default): 16 slots of 8,192 tokens fit the machine's RAM but not
+    1 GiB, where the model is served from one context instead of failing."""
+    env = {
+        "CHAT_ENGINE": "auto",
+        "CHAT_PARALLEL": "16",
+        "CHAT_N_CTX": "8192",
+        "MODEL_MEMORY_BUDGET": budget,
+        "CHAT_EXTRA_MODELS": "",
+        "SUMMARY_LOCAL_ENABLED": "false",
+    }
+    server = LiveServer(create_app(real_settings(tmp_path, **env)))
+    server.start(timeout=300)
+    try:
+        answer = client(server).responses.create(model=SMOL, input="hi", max_output_tokens=2)
+        chat = httpx.get(f"{server.base_url}/health", timeout=10).json()["chat_model"]
+        engine = engine_of(server)
+    finally:
+        server.stop()
+    assert answer.status in ("completed", "incomplete")
+    assert chat["status"] == "loaded", chat
+    assert hasattr(engine, "slot_report") is batched
+    assert ("slots" in chat) is batched
