@@ -555,3 +555,27 @@ def test_auto_takes_the_slots_where_they_fit_and_one_context_where_not(
     assert chat["status"] == "loaded", chat
     assert hasattr(engine, "slot_report") is batched
     assert ("slots" in chat) is batched
+
+
+def test_auto_weighs_the_gpu_budget_too(tmp_path: Path) -> None:
+    """With layers offloaded, the slots must fit MODEL_VRAM_BUDGET as well: auto falls back to one
+    context, batched names the GPU budget (registration only: nothing is loaded)."""
+    from egemma.modelfiles import resolve
+    from egemma.services.models.build import build_registry
+    from egemma.services.models.llama import register_llama
+
+    env = {"CHAT_PARALLEL": "16", "CHAT_N_CTX": "8192", "MODEL_VRAM_BUDGET": "600MiB"}
+    settings = real_settings(tmp_path, CHAT_ENGINE="auto", CHAT_N_GPU_LAYERS="-1", **env)
+    registry = build_registry(settings.models, settings.chat.n_gpu_layers)
+    assert registry.vram_budget == 600 * 2**20
+    path = resolve(f"builtin:{SMOL}", "CHAT_MODEL_PATH", settings.server.models_root).path
+    engine = register_llama(registry, SMOL, path, settings)
+    try:
+        assert 0 < engine.entry.vram_estimate <= registry.vram_budget  # one context's KV
+    finally:
+        engine.close()
+    registry.entries.clear()
+    batched = real_settings(tmp_path, CHAT_ENGINE="batched", CHAT_N_GPU_LAYERS="-1", **env)
+    with pytest.raises(ValueError, match="MODEL_VRAM_BUDGET") as info:
+        register_llama(registry, SMOL, path, batched)
+    assert "16 KV slots of 8192" in str(info.value)

@@ -33,8 +33,9 @@ def register_llama(
     registry: ModelRegistry, name: str, path: Path, settings: Settings
 ) -> ManagedChatEngine:
     """``path`` registered with the engine CHAT_ENGINE names. ``auto`` takes the batched slots
-    when the weights and CHAT_PARALLEL contexts of KV fit the memory budget, else one context;
-    ``batched`` over the budget is a startup error naming the settings (issue 12)."""
+    when the weights and CHAT_PARALLEL contexts of KV fit the memory budgets (RAM, and the GPU's
+    when there is one), else one context; ``batched`` over a budget is a startup error naming
+    the settings (issue 12)."""
     mode = settings.batch.engine
     if mode != "single":
         engine = managed_chat(
@@ -46,7 +47,7 @@ def register_llama(
             load=lambda: _load_llama(name, path, settings, batched=True),
             kv_sequences=settings.batch.parallel,
         )
-        if engine.entry.estimate <= registry.budget:
+        if registry.fits_alone(engine.entry):
             return engine
         registry.entries.pop(engine.entry.id, None)
         engine.close()
@@ -68,9 +69,12 @@ def _slots_over_budget(settings: Settings, registry: ModelRegistry, engine: Any)
     entry = engine.entry
     kv = int(entry.detail.get("kv_cache_bytes", 0))
     n_ctx = entry.detail.get("n_ctx", settings.chat.n_ctx)
+    need, budget, setting = entry.estimate, registry.budget, "MODEL_MEMORY_BUDGET"
+    if need <= budget and registry.vram_budget is not None:  # the GPU's budget is the one short
+        need, budget, setting = entry.vram_estimate, registry.vram_budget, "MODEL_VRAM_BUDGET"
     return (
         f"{settings.batch.parallel} KV slots of {n_ctx} tokens "
         f"(CHAT_PARALLEL x CHAT_N_CTX, {human(kv)}) and the weights need about "
-        f"{human(entry.estimate)}, more than MODEL_MEMORY_BUDGET ({human(registry.budget)}); "
-        "lower CHAT_PARALLEL or CHAT_N_CTX, or raise MODEL_MEMORY_BUDGET"
+        f"{human(need)}, more than {setting} ({human(budget)}); "
+        f"lower CHAT_PARALLEL or CHAT_N_CTX, or raise {setting}"
     )
