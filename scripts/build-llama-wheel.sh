@@ -19,7 +19,13 @@ fi
 log="$WHEELHOUSE/build.log"
 echo "==> building llama-cpp-python $LLAMA_VERSION (CMAKE_ARGS='${CMAKE_ARGS:-}', LLAMA_CFLAGS='${LLAMA_CFLAGS:-}'), once; log: $log"
 start=$(date +%s)
-# CMake takes CFLAGS/CXXFLAGS as its initial C/C++ flags (LLAMA_CFLAGS: the Makefile, AMX off on x86-64).
+# CMake takes CFLAGS/CXXFLAGS as its initial C/C++ flags (LLAMA_CFLAGS: the Makefile, AMX off on x86-64);
+# a compiler too old to know them (GCC before 11) has no AMX kernels to leave out either.
+# shellcheck disable=SC2086  # LLAMA_CFLAGS is a list of flags
+if [ -n "${LLAMA_CFLAGS:-}" ] && ! echo 'int x;' | "${CC:-cc}" ${LLAMA_CFLAGS} -x c -c -o /dev/null - 2>/dev/null; then
+  echo "==> ${CC:-cc} does not take LLAMA_CFLAGS='${LLAMA_CFLAGS}'; building without them"
+  LLAMA_CFLAGS=
+fi
 export CFLAGS="${LLAMA_CFLAGS:-} ${CFLAGS:-}" CXXFLAGS="${LLAMA_CFLAGS:-} ${CXXFLAGS:-}"
 export CMAKE_ARGS="${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 tmp=$(mktemp -d)
