@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
 
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from egemma.api.sse import encode_event, sse_bytes
+from egemma.api.sse import EventStreamResponse, encode_event
 from egemma.engines.base import SamplingParams
 from egemma.protocol.responses import ResponsesRequest
 from egemma.services.prompting.types import OutputDelta
@@ -112,19 +113,67 @@ def test_model_text_cannot_forge_an_event(text: str) -> None:
     assert json.loads(lines[1][6:])["delta"] == text
 
 
+async def sse_chunks(
+    events: AsyncIterator[dict[str, Any]],
+    keepalive: float,
+    framing: Literal["responses", "chat"] = "responses",
+    on_chunk: Callable[[list[bytes]], None] = lambda chunks: None,
+) -> list[bytes]:
+    """The body chunks ``EventStreamResponse`` sends for ``events``, through its ASGI call."""
+    chunks: list[bytes] = []
+    closed: list[bool] = []
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()  # the client never leaves
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            chunks.append(message["body"])
+            on_chunk(chunks)
+
+    response = EventStreamResponse(
+        events, on_close=lambda: closed.append(True), framing=framing, keepalive=keepalive
+    )
+    await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert closed == [True]
+    return chunks
+
+
+def frames_of(chunks: list[bytes]) -> list[dict[str, Any]]:
+    lines = b"".join(chunks).decode().split("\n")
+    return [json.loads(ln[6:]) for ln in lines if ln.startswith("data: ") and ln != "data: [DONE]"]
+
+
 def test_sse_writer_numbers_from_zero_and_keeps_alive() -> None:
     async def slow() -> AsyncIterator[dict[str, Any]]:
-        yield {"type": "response.created"}
+        yield {"type": "response.output_item.added"}
         await asyncio.sleep(0.05)
         yield {"type": "response.completed"}
 
-    async def collect() -> list[bytes]:
-        return [chunk async for chunk in sse_bytes(slow(), keepalive=0.01)]
-
-    chunks = asyncio.run(collect())
+    chunks = asyncio.run(sse_chunks(slow(), keepalive=0.01))
     assert b": keep-alive\n\n" in chunks
-    payloads = [json.loads(c.split(b"data: ")[1]) for c in chunks if c.startswith(b"event:")]
-    assert [p["sequence_number"] for p in payloads] == [0, 1]
+    assert [p["sequence_number"] for p in frames_of(chunks)] == [0, 1]
+
+
+def test_sse_writer_failure_is_a_final_error_frame() -> None:
+    async def failing() -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "response.created"}
+        raise RuntimeError("boom")
+
+    frames = frames_of(asyncio.run(sse_chunks(failing(), keepalive=10)))
+    assert [f["type"] for f in frames] == ["response.created", "error"]
+    assert frames[1]["sequence_number"] == 1
+    assert frames[1]["code"] == "server_error"
+
+    async def failing_chat() -> AsyncIterator[dict[str, Any]]:
+        yield {"id": "chatcmpl-1"}
+        raise RuntimeError("boom")
+
+    chunks = asyncio.run(sse_chunks(failing_chat(), keepalive=10, framing="chat"))
+    assert b"".join(chunks).endswith(b"data: [DONE]\n\n")
+    assert frames_of(chunks)[1]["error"]["type"] == "server_error"
 
 
 def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
@@ -142,19 +191,15 @@ def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
         await comment_seen.wait()
         yield {"type": "response.completed", "response": response}
 
-    async def collect() -> list[bytes]:
-        chunks = []
-        async for chunk in sse_bytes(events(), keepalive=0.01):
-            chunks.append(chunk)
-            if chunk.startswith(b"event: response.in_progress") and len(chunks) > 2:
-                beat_seen.set()
-            started = any(b"response.output_item.added" in c for c in chunks)
-            if chunk == b": keep-alive\n\n" and started:
-                comment_seen.set()
-        return chunks
+    def watch(chunks: list[bytes]) -> None:
+        if chunks[-1].startswith(b": keep-alive\n\nevent: response.in_progress"):
+            beat_seen.set()
+        started = any(b"response.output_item.added" in c for c in chunks)
+        if chunks[-1] == b": keep-alive\n\n" and started:
+            comment_seen.set()
 
-    chunks = asyncio.run(asyncio.wait_for(collect(), 30))
-    frames = [json.loads(c.split(b"data: ")[1]) for c in chunks if c.startswith(b"event:")]
+    chunks = asyncio.run(asyncio.wait_for(sse_chunks(events(), 0.01, on_chunk=watch), 30))
+    frames = frames_of(chunks)
     kinds = [f["type"] for f in frames]
     added = kinds.index("response.output_item.added")
     assert kinds[:3] == ["response.created", "response.in_progress", "response.in_progress"]
@@ -162,11 +207,42 @@ def test_sse_writer_repeats_in_progress_until_output_starts() -> None:
     assert all(f["response"]["id"] == "resp_1" for f in frames[1:added])
     assert kinds[added + 1 :] == ["response.completed"]
     added_chunk = next(i for i, c in enumerate(chunks) if b"response.output_item.added" in c)
-    beats = [i for i, c in enumerate(chunks[:added_chunk]) if c.startswith(b"event: response.in_")]
-    for i in beats[1:]:  # every repeated in_progress comes right after a comment
-        assert chunks[i - 1] == b": keep-alive\n\n"
+    for chunk in chunks[2:added_chunk]:  # every repeated in_progress comes right after a comment
+        assert chunk.startswith(b": keep-alive\n\nevent: response.in_progress\n")
     assert b": keep-alive\n\n" in chunks[added_chunk:]
     assert [f["sequence_number"] for f in frames] == list(range(len(frames)))
+
+
+def test_sse_writer_gives_up_on_a_client_that_stops_reading() -> None:
+    """A send that hangs past the write deadline ends the stream and closes the generation."""
+    closed: list[bool] = []
+    sent: list[dict[str, Any]] = []
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield {"type": "response.output_text.delta", "delta": "x"}
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) > 3:
+            await asyncio.sleep(3600)  # the socket buffers are full
+
+    async def run() -> float:
+        response = EventStreamResponse(
+            events(), on_close=lambda: closed.append(True), write_timeout=0.2, keepalive=0.05
+        )
+        start = time.monotonic()
+        await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
+        return time.monotonic() - start
+
+    elapsed = asyncio.run(asyncio.wait_for(run(), 30))
+    assert closed == [True]
+    assert len(sent) == 4  # no keep-alive is squeezed in while a write hangs
+    assert 0.2 <= elapsed < 5
 
 
 # The Open Responses ``ResponseResource`` requires these (openresponses.org specification);

@@ -21,8 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-import anyio
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from egemma.services.responses.background import follow
@@ -35,10 +34,6 @@ KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 Framing = Literal["responses", "chat"]
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
-
-
-class ClientStalledError(Exception):
-    """A write to the client did not complete within the write deadline."""
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -73,40 +68,41 @@ async def with_keepalives(
             pending.cancel()
 
 
-async def sse_bytes(
-    events: AsyncIterator[dict[str, Any]],
-    keepalive: float = KEEPALIVE_SECONDS,
-    framing: Framing = "responses",
-) -> AsyncIterator[bytes]:
-    """Frame each event (Responses: stamped with ``sequence_number`` from 0); comments while
-    waiting. A failure mid-stream becomes a final error frame, never a cut stream."""
-    sequence = 0
-    waiting: dict[str, Any] | None = None  # the response while no output has started
-    try:
-        async for event in with_keepalives(events, keepalive):
-            if event is None and waiting is not None and framing == "responses":
-                yield KEEPALIVE
-                beat = {"type": "response.in_progress", "response": waiting}
-                yield encode_event({"type": beat["type"], "sequence_number": sequence, **beat})
-                sequence += 1
-            elif event is None:
-                yield KEEPALIVE
-            elif framing == "chat":
-                yield encode_data(event)
-            else:
-                waiting = _waiting_response(event, waiting)
-                yield encode_event({"type": event["type"], "sequence_number": sequence, **event})
-                sequence += 1
-    except Exception:
-        log.exception("event stream failed")
+class SseFramer:
+    """The bytes of one stream's events: Responses frames stamped with ``sequence_number`` from 0,
+    chat chunks as bare ``data:`` lines; ``beat`` is what a silent stretch sends."""
+
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
+        self.sequence = 0
+        self.waiting: dict[str, Any] | None = None  # the response while no output has started
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        if self.framing == "chat":
+            return encode_data(event)
+        self.waiting = _waiting_response(event, self.waiting)
+        return self._stamped(event)
+
+    def beat(self) -> bytes:
+        """A keep-alive comment; before the first output item, a repeated ``in_progress`` too."""
+        if self.waiting is None or self.framing == "chat":
+            return KEEPALIVE
+        return KEEPALIVE + self._stamped({"type": "response.in_progress", "response": self.waiting})
+
+    def failure(self) -> bytes:
+        """The final frame of a stream whose events failed (never a cut stream)."""
         error = {"code": "server_error", "message": "Internal server error", "param": None}
-        if framing == "chat":
-            yield encode_data({"error": {**error, "type": "server_error"}})
-        else:
-            yield encode_event({"type": "error", "sequence_number": sequence, **error})
-            return
-    if framing == "chat":
-        yield DONE
+        if self.framing == "chat":
+            return encode_data({"error": {**error, "type": "server_error"}})
+        return self._stamped({"type": "error", **error})
+
+    def end(self) -> bytes:
+        return DONE if self.framing == "chat" else b""
+
+    def _stamped(self, event: dict[str, Any]) -> bytes:
+        data = encode_event({"type": event["type"], "sequence_number": self.sequence, **event})
+        self.sequence += 1
+        return data
 
 
 def _waiting_response(event: dict[str, Any], current: dict[str, Any] | None) -> Any:
@@ -115,13 +111,16 @@ def _waiting_response(event: dict[str, Any], current: dict[str, Any] | None) -> 
     return None if event["type"] != "response.queued" else current
 
 
-class EventStreamResponse(StreamingResponse):
-    """SSE response that always cleans up in its own ``finally`` — not the generator's, which
-    never runs when Starlette abandons it on disconnect (reliability.md §1).
+class EventStreamResponse(Response):
+    """SSE response that always cleans up in its own ``finally`` (reliability.md §1).
 
-    Every write has a deadline: a client that keeps its socket open but stops reading blocks
-    our writes once the socket buffers fill; after ``write_timeout`` seconds the stream ends and
-    ``on_close`` stops its generation, so the model slot goes to the next caller."""
+    Three tasks per stream: the writer (each event framed and sent as it comes, nothing else
+    on its path), a guard (keep-alives after ``keepalive`` seconds of silence, and the write
+    deadline) and a listener for the client's disconnect. A client that keeps its socket open
+    but stops reading blocks our writes once the socket buffers fill: after ``write_timeout``
+    seconds (checked at least every quarter of it) the stream ends and ``on_close`` stops its
+    generation, so the model slot goes to the next caller. No timer or task is made per event:
+    a token costs the event loop one send."""
 
     media_type = "text/event-stream"
 
@@ -136,41 +135,111 @@ class EventStreamResponse(StreamingResponse):
     ) -> None:
         self._events = events
         self._on_close = on_close
+        self._framer = SseFramer(framing)
         self._write_timeout = write_timeout
-        self._stalled = False
-        super().__init__(
-            sse_bytes(events, keepalive, framing=framing), headers={**HEADERS, **(headers or {})}
-        )
+        self._keepalive = keepalive
+        self._lock = asyncio.Lock()  # the writer's and the guard's sends never interleave
+        self._last_write = 0.0
+        self._writing_since: float | None = None
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**HEADERS, **(headers or {})})  # no body: no Content-Length
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def timed_send(message: Message) -> None:
-            with anyio.move_on_after(self._write_timeout) as deadline:
-                await send(message)
-            if deadline.cancelled_caught:
-                self._stalled = True
-                raise ClientStalledError
-
+        self._last_write = asyncio.get_running_loop().time()
+        writer = asyncio.ensure_future(self._write(send))
+        guard = asyncio.ensure_future(self._guard(send))
+        listener = asyncio.ensure_future(self._listen(receive))
+        tasks = (writer, guard, listener)
         try:
-            await super().__call__(scope, receive, timed_send)
-        except Exception:
-            if not self._stalled:
-                raise
-            log.warning(
-                "client read nothing for %gs: stream closed, generation stopped",
-                self._write_timeout,
-            )
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if guard in done and guard.exception() is None:
+                log.warning(
+                    "client read nothing for %gs: stream closed, generation stopped",
+                    self._write_timeout,
+                )
+            for task in done:
+                task.result()  # a failed send, or a failure of the framing itself
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.shield(self._settle(tasks))
+
+    async def _write(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await self._send(send, {**start, "headers": self.raw_headers})
+        framer, events = self._framer, self._events
+        tail = framer.end()
+        while True:
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                break
+            except Exception:
+                log.exception("event stream failed")
+                tail = framer.failure() + (tail if framer.framing == "chat" else b"")
+                break
+            await self._body(send, framer.frame(event))
+        if tail:
+            await self._body(send, tail)
+        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _guard(self, send: Send) -> None:
+        """Keep-alives while the stream is silent; returns when a write has hung for
+        ``write_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now, since = loop.time(), self._writing_since
+            if since is not None:
+                if now - since >= self._write_timeout:
+                    return
+                wait = since + self._write_timeout - now
+            elif now - self._last_write >= self._keepalive:
+                try:
+                    async with asyncio.timeout(self._write_timeout):
+                        await self._body(send, self._framer.beat())
+                except TimeoutError:
+                    return
+                continue
+            else:
+                wait = min(self._last_write + self._keepalive - now, self._write_timeout / 4)
+            await asyncio.sleep(wait)
+
+    @staticmethod
+    async def _listen(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def _body(self, send: Send, data: bytes) -> None:
+        await self._send(send, {"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _send(self, send: Send, message: Message) -> None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            self._writing_since = loop.time()
+            try:
+                await send(message)
+            finally:
+                self._writing_since = None
+            self._last_write = loop.time()
+
+    async def _settle(self, tasks: tuple[asyncio.Future[None], ...]) -> None:
+        try:
+            await asyncio.wait(tasks)
+        finally:
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the outcome was handled in __call__
             self._on_close()
-            await asyncio.shield(self._close_iterators())
+            await self._close_iterators()
 
     async def _close_iterators(self) -> None:
-        for iterator in (self.body_iterator, self._events):
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:  # closing must never mask the response's own outcome
-                    log.debug("closing the event stream raised", exc_info=True)
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # closing must never mask the response's own outcome
+                log.debug("closing the event stream raised", exc_info=True)
 
 
 def replay_stream(
