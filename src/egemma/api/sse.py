@@ -36,13 +36,16 @@ Framing = Literal["responses", "chat"]
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
+# One encoder for every frame: ``json.dumps`` with options builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
-    payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {payload}\n\n".encode()
+    return f"event: {event['type']}\ndata: {_JSON.encode(event)}\n\n".encode()
 
 
 def encode_data(payload: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+    return f"data: {_JSON.encode(payload)}\n\n".encode()
 
 
 async def with_keepalives(

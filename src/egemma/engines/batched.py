@@ -41,7 +41,7 @@ from egemma.engines.kvstate import KvStateFiles, fingerprint
 from egemma.engines.llamacpp import LlamaChatEngine, _splice
 from egemma.engines.queue import ModelQueue
 from egemma.engines.samplers import sampler_chain
-from egemma.engines.threaded import LazyTokenStream, loop_sink
+from egemma.engines.threaded import LazyTokenStream, LoopSink, Outbox, loop_sink
 from egemma.settings import BatchSettings, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,8 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         budget = batch.kv_disk_bytes if state_dir is not None else 0
         root = (state_dir or Path()) / fingerprint(path)
         self._state = KvStateFiles(llama_cpp, self._ctx, root, budget, self.n_ctx)
-        self._incoming: list[tuple[GenerationRequest, GenerationStats, Put]] = []
+        self._incoming: list[tuple[GenerationRequest, GenerationStats, LoopSink]] = []
+        self._outbox = Outbox()  # what a step sends, in one hand-over per event loop
         self._cond = threading.Condition()
         self._stopping = False
         self._steps = StepBuilder(self._batch, self.step_tokens)
@@ -190,7 +191,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
     def generate(self, request: GenerationRequest) -> TokenStream:
         return BatchedTokenStream(self, request)
 
-    def submit(self, request: GenerationRequest, stats: GenerationStats, put: Put) -> None:
+    def submit(self, request: GenerationRequest, stats: GenerationStats, put: LoopSink) -> None:
         with self._cond:
             if self._stopping:
                 put(RuntimeError("the model is closed"))
@@ -291,15 +292,18 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
             except Exception as exc:  # a failed decode ends every stream in it, not the server
                 log.exception("batched decode failed")
                 self._fail(active, exc)
+            self._outbox.flush()
             active = [s for s in active if not s.done]
         self._shutdown(active)
+        self._outbox.flush()
 
     def _place(
-        self, waiting: list[tuple[GenerationRequest, GenerationStats, Put]]
+        self, waiting: list[tuple[GenerationRequest, GenerationStats, LoopSink]]
     ) -> list[ActiveSequence]:
         placed: list[ActiveSequence] = []
         for item in waiting:
-            seq = self._start(*item)
+            request, stats, sink = item
+            seq = self._start(request, stats, self._outbox.bind(sink))
             if isinstance(seq, ActiveSequence):
                 placed.append(seq)
             elif seq is _PARK:
@@ -325,11 +329,11 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
                 put(_DONE)
             self._incoming = []
 
-    def _park(self, item: tuple[GenerationRequest, GenerationStats, Put]) -> None:
-        request, stats, put = item
+    def _park(self, item: tuple[GenerationRequest, GenerationStats, LoopSink]) -> None:
+        request, stats, sink = item
         if request.cancel.is_set():
             stats.finish_reason = "cancelled"
-            put(_DONE)
+            self._outbox.bind(sink)(_DONE)
             return
         with self._cond:
             self._incoming.append(item)

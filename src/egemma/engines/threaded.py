@@ -45,18 +45,51 @@ class LazyTokenStream(ABC):
         """The token loop (an async generator)."""
 
 
-def loop_sink(queue: asyncio.Queue[Any], cancel: threading.Event) -> Callable[[Any], None]:
+class LoopSink:
     """A thread-safe ``put`` onto ``queue`` on the running loop; a loop that is gone (shutdown)
     cancels the generation instead."""
-    loop = asyncio.get_running_loop()
 
-    def put(item: Any) -> None:
+    def __init__(self, queue: asyncio.Queue[Any], cancel: threading.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue = queue
+        self.cancel = cancel
+
+    def __call__(self, item: Any) -> None:
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:
-            cancel.set()
+            self.cancel.set()
 
-    return put
+
+def loop_sink(queue: asyncio.Queue[Any], cancel: threading.Event) -> LoopSink:
+    return LoopSink(queue, cancel)
+
+
+class Outbox:
+    """Items for several ``LoopSink``s, handed over together by ``flush``: one wake-up of each
+    event loop per batch, however many streams it carries (a thread-safe call costs the loop a
+    wake-up and a self-pipe write each). Only the thread that fills it may use it."""
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[LoopSink, Any]]] = {}
+
+    def bind(self, sink: LoopSink) -> Callable[[Any], None]:
+        """A ``put`` that goes out with the next ``flush``."""
+        return lambda item: self._items.setdefault(sink.loop, []).append((sink, item))
+
+    def flush(self) -> None:
+        items, self._items = self._items, {}
+        for loop, batch in items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:
+                for sink, _item in batch:
+                    sink.cancel.set()
+
+
+def _deliver(batch: list[tuple[LoopSink, Any]]) -> None:
+    for sink, item in batch:
+        sink.queue.put_nowait(item)
 
 
 class ThreadedTokenStream(LazyTokenStream):
