@@ -3,7 +3,8 @@ lifespan: ``state.py``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -21,6 +22,7 @@ from egemma.state import AppState, Services
 from egemma.store.base import Owner, Store
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+T = TypeVar("T")
 
 
 def app_state(request: Request) -> AppState:
@@ -116,14 +118,27 @@ def _rerank_scorer(request: Request) -> CrossEncoderService | EmbeddingService:
     return _embeddings(request)
 
 
-StateDep = Annotated[AppState, Depends(app_state)]
-ResponsesDep = Annotated[ResponsesService, Depends(_responses)]
-ChatDep = Annotated[ChatCompletionsService, Depends(_chat)]
-ConversationsDep = Annotated[ConversationService, Depends(_conversations)]
-SummarizeDep = Annotated[SummarizeService, Depends(_summarize)]
-AstDep = Annotated[AstService, Depends(_ast)]
-PersonasDep = Annotated[PersonaRegistry, Depends(_personas)]
-StoreDep = Annotated[Store, Depends(_store)]
-OwnerDep = Annotated[Owner, Depends(_owner)]
-EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]
-RerankScorerDep = Annotated[CrossEncoderService | EmbeddingService, Depends(_rerank_scorer)]
+def _on_loop(lookup: Callable[[Request], T]) -> Callable[[Request], Awaitable[T]]:
+    """``lookup`` as an async dependency: FastAPI runs a plain ``def`` dependency in its worker
+    threads, a round trip between threads per dependency and request for what is an attribute
+    lookup (two thread wake-ups each, which a streamed request paid three times)."""
+
+    async def dependency(request: Request) -> T:
+        return lookup(request)
+
+    return dependency
+
+
+StateDep = Annotated[AppState, Depends(_on_loop(app_state))]
+ResponsesDep = Annotated[ResponsesService, Depends(_on_loop(_responses))]
+ChatDep = Annotated[ChatCompletionsService, Depends(_on_loop(_chat))]
+ConversationsDep = Annotated[ConversationService, Depends(_on_loop(_conversations))]
+SummarizeDep = Annotated[SummarizeService, Depends(_on_loop(_summarize))]
+AstDep = Annotated[AstService, Depends(_on_loop(_ast))]
+PersonasDep = Annotated[PersonaRegistry, Depends(_on_loop(_personas))]
+StoreDep = Annotated[Store, Depends(_on_loop(_store))]
+OwnerDep = Annotated[Owner, Depends(_on_loop(_owner))]
+EmbeddingsDep = Annotated[EmbeddingService, Depends(_on_loop(_embeddings))]
+RerankScorerDep = Annotated[
+    CrossEncoderService | EmbeddingService, Depends(_on_loop(_rerank_scorer))
+]
