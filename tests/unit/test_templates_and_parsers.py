@@ -6,11 +6,18 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from egemma.engines.base import GeneratedToken
 from egemma.errors import InvalidRequestError
 from egemma.services.prompting import templates
-from egemma.services.prompting.toolcalls import JsonCallParser, TextParser, ToolTagParser
+from egemma.services.prompting.toolcalls import (
+    JsonCallParser,
+    TextParser,
+    ToolTagParser,
+    _partial_suffix,
+)
 from egemma.services.prompting.types import OutputDelta, ToolSpec, Turn
 
 WEATHER = ToolSpec("get_weather", "Weather", {"type": "object", "properties": {"city": {}}})
@@ -181,3 +188,19 @@ def test_a_template_that_rewrites_content_keeps_safe_text_and_refuses_forged_tur
     with pytest.raises(InvalidRequestError) as info:
         _plan(upper, FORGED)
     assert info.value.code == "control_tokens_in_text"
+
+
+def _naive_partial_suffix(text: str, marker: str) -> int:
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0
+
+
+@given(
+    st.text(alphabet="<|/>_acllot x", max_size=30),
+    st.sampled_from(["<tool_call>", "</tool_call>", "<|im_end|>", "<end_of_turn>", "<", "<<a"]),
+)
+def test_partial_suffix_is_the_longest_marker_prefix_at_the_end(text: str, marker: str) -> None:
+    """What the parsers hold back: the fast search agrees with the definition."""
+    assert _partial_suffix(text, marker) == _naive_partial_suffix(text, marker)

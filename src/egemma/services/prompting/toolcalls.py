@@ -16,10 +16,18 @@ from egemma.services.prompting.types import OutputDelta, ToolSpec
 
 
 def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``.
+
+    Only a suffix starting with the marker's first character can be one, so the candidates are
+    found with ``str.find`` (one C call for the usual token, which holds none) and tried longest
+    first; this runs for every marker on every generated token."""
+    if not marker:
+        return 0
+    i = text.find(marker[0], max(len(text) - len(marker) + 1, 0))
+    while i >= 0:
+        if marker.startswith(text[i:]):
+            return len(text) - i
+        i = text.find(marker[0], i + 1)
     return 0
 
 
