@@ -42,6 +42,7 @@ from egemma.engines.llamacpp import LlamaChatEngine, _splice
 from egemma.engines.queue import ModelQueue
 from egemma.engines.samplers import sampler_chain
 from egemma.engines.threaded import LazyTokenStream, LoopSink, Outbox, loop_sink
+from egemma.engines.threadpool import CpuThreadpool
 from egemma.settings import BatchSettings, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         self._stopping = False
         self._steps = StepBuilder(self._batch, self.step_tokens)
         self._nice = batch.decode_nice
+        self._threads = int(params.n_threads)
+        self._pool: CpuThreadpool | None = None  # made by the scheduler thread (its priority)
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -277,7 +280,8 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         seq.slot.last_used = time.monotonic()
 
     def _loop(self) -> None:
-        lower_priority(self._nice)  # before the first decode starts llama.cpp's workers
+        lower_priority(self._nice)  # before the threadpool starts llama.cpp's workers
+        self._pool = CpuThreadpool.attach(self._llama_cpp, self._ctx, self._threads)
         active: list[ActiveSequence] = []
         while True:
             with self._cond:
@@ -378,6 +382,8 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
         lc = self._llama_cpp
+        if self._pool is not None:
+            self._pool.close()
         if getattr(self, "_batch", None) is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
