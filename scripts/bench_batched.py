@@ -57,6 +57,7 @@ PARALLEL = 4
 STREAMS = (1, 2, 4, 8)
 ROUNDS = 3
 THREADS = os.cpu_count() or 1
+SETTLE_SECONDS = 0.5
 STORY = "Write a long, detailed story about a lighthouse keeper and the ships she watches."
 
 
@@ -76,8 +77,16 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def settle() -> None:
+    """Let the last measurement's llama.cpp workers go quiet before the next one starts: at
+    llama.cpp's default polling (llama-server's) they spin about 0.2 s after a decode, which
+    would slow whichever side is measured next (eGemma's spin ~5 ms: CHAT_THREAD_POLL=1)."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def concurrent(one: Callable[[int], int], streams: int, offset: int) -> float:
     """Completion tokens of ``streams`` concurrent requests per second of wall time."""
+    settle()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=streams) as pool:
         tokens = sum(pool.map(one, range(offset, offset + streams)))
@@ -234,7 +243,9 @@ def llama_server_binary() -> str | None:
 def single_stream(url: str, native: Native) -> dict[str, Any]:
     ours, theirs = [], []
     for i in range(ROUNDS + 1):
+        settle()
         mine = decode_rate(stream_timings(url, body(10 + i))["stamps"])
+        settle()
         base = native.rate(10 + i)
         if i:  # the first round warms both up
             ours.append(mine)

@@ -139,6 +139,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         self._steps = StepBuilder(self._batch, self.step_tokens)
         self._nice = batch.decode_nice
         self._threads = int(params.n_threads)
+        self._poll = settings.thread_poll
         self._pool: CpuThreadpool | None = None  # made by the scheduler thread (its priority)
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
@@ -281,7 +282,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
 
     def _loop(self) -> None:
         lower_priority(self._nice)  # before the threadpool starts llama.cpp's workers
-        self._pool = CpuThreadpool.attach(self._llama_cpp, self._ctx, self._threads)
+        self._pool = CpuThreadpool.attach(self._llama_cpp, self._ctx, self._threads, self._poll)
         active: list[ActiveSequence] = []
         while True:
             with self._cond:

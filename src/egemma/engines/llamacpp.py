@@ -147,7 +147,9 @@ class LlamaChatEngine:
             del llm
             llm = open_model(train_ctx)
         engine = cls(name, path, llm, settings)
-        engine._pool = CpuThreadpool.attach(engine._llama_cpp, llm._ctx.ctx, threads)
+        engine._pool = CpuThreadpool.attach(
+            engine._llama_cpp, llm._ctx.ctx, threads, settings.thread_poll
+        )
         return engine
 
     # -- tokenizer ----------------------------------------------------------------------------
