@@ -41,7 +41,9 @@ class CpuThreadpool:
         try:
             from llama_cpp._ctypes_extensions import load_shared_library
 
-            libdir = Path(llama_cpp.__file__).resolve().parent / "lib"
+            # Where llama-cpp-python loaded libllama from (LLAMA_CPP_LIB_PATH or its own lib/),
+            # so these are the copies of ggml already in the process, never a second one.
+            libdir = Path(llama_cpp.llama_cpp._base_path)
             base = load_shared_library("ggml-base", libdir)
             cpu = load_shared_library("ggml-cpu", libdir)
             llama = llama_cpp.llama_cpp._lib
