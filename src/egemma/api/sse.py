@@ -120,10 +120,10 @@ class EventStreamResponse(Response):
     Three tasks per stream: the writer (each event framed and sent as it comes, nothing else
     on its path), a guard (keep-alives after ``keepalive`` seconds of silence, and the write
     deadline) and a listener for the client's disconnect. A client that keeps its socket open
-    but stops reading blocks our writes once the socket buffers fill: after ``write_timeout``
-    seconds (checked at least every quarter of it) the stream ends and ``on_close`` stops its
-    generation, so the model slot goes to the next caller. No timer or task is made per event:
-    a token costs the event loop one send."""
+    but stops reading blocks our writes once the socket buffers fill: ``write_timeout`` seconds
+    into a write that has not returned, the stream ends and ``on_close`` stops its generation,
+    so the model slot goes to the next caller. No timer or task is made per event: a token
+    costs the event loop one send."""
 
     media_type = "text/event-stream"
 

@@ -41,7 +41,7 @@ from egemma.engines.kvstate import KvStateFiles, fingerprint
 from egemma.engines.llamacpp import LlamaChatEngine, _splice
 from egemma.engines.queue import ModelQueue
 from egemma.engines.samplers import sampler_chain
-from egemma.engines.threaded import LazyTokenStream, LoopSink, Outbox, loop_sink
+from egemma.engines.threaded import LazyTokenStream, LoopSink, Outbox
 from egemma.engines.threadpool import CpuThreadpool
 from egemma.settings import BatchSettings, ChatSettings
 
@@ -73,7 +73,7 @@ class BatchedTokenStream(LazyTokenStream):
     async def _run(self) -> AsyncIterator[GeneratedToken]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = self._request.cancel
-        put = loop_sink(queue, cancel)
+        put = LoopSink(queue, cancel)
         self._engine.submit(self._request, self.stats, put)
         try:
             while True:

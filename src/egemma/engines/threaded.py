@@ -61,10 +61,6 @@ class LoopSink:
             self.cancel.set()
 
 
-def loop_sink(queue: asyncio.Queue[Any], cancel: threading.Event) -> LoopSink:
-    return LoopSink(queue, cancel)
-
-
 class Outbox:
     """Items for several ``LoopSink``s, handed over together by ``flush``: one wake-up of each
     event loop per batch, however many streams it carries (a thread-safe call costs the loop a
@@ -106,7 +102,7 @@ class ThreadedTokenStream(LazyTokenStream):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = self._request.cancel
-        put = loop_sink(queue, cancel)
+        put = LoopSink(queue, cancel)
 
         def worker() -> None:
             try:
