@@ -78,9 +78,9 @@ def load() -> str:
 
 
 def settle() -> None:
-    """Let the last measurement's llama.cpp workers go quiet before the next one starts: at
-    llama.cpp's default polling (llama-server's) they spin about 0.2 s after a decode, which
-    would slow whichever side is measured next (eGemma's spin ~5 ms: CHAT_THREAD_POLL=1)."""
+    """Let the last measurement's threads go quiet before the next one starts: llama-server's
+    workers spin about 0.2 s after a decode (llama.cpp's default polling), which would slow
+    whichever side is measured next."""
     time.sleep(SETTLE_SECONDS)
 
 

@@ -125,13 +125,6 @@ class ChatSettings(BaseSettings):
     n_gpu_layers: int = Field(-1, ge=-1, le=1000, description="Layers offloaded to the GPU.")
     n_batch: int = Field(512, ge=1, le=65536, description="Prompt batch size.")
     n_threads: int = Field(0, ge=0, le=1024, description="CPU threads (0: all cores).")
-    thread_poll: int = Field(
-        1,
-        ge=0,
-        le=100,
-        description="How long llama.cpp's worker threads spin for the next decode before they "
-        "sleep (0: never; llama.cpp's own default, 50, spins about 0.2 s after every decode).",
-    )
     use_mmap: bool = Field(True, description="Memory-map the GGUF.")
     flash_attn: bool | None = Field(
         None,

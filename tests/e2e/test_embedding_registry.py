@@ -90,6 +90,17 @@ def embed(server: LiveServer, text: str, **extra: Any) -> httpx.Response:
     return httpx.post(f"{server.base_url}/v1/embeddings", json=body, headers=AUTH, timeout=180)
 
 
+def wait_waiting(server: LiveServer, model: str, seconds: float = 10) -> dict[str, dict[str, Any]]:
+    """The models' states once a request for ``model`` is waiting for it (or after ``seconds``):
+    sampled at once, not after a fixed sleep, which a fast decode outruns."""
+    deadline = time.monotonic() + seconds
+    now = states(server)
+    while now[model]["in_use"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        now = states(server)
+    return now
+
+
 def wait_state(server: LiveServer, model: str, state: str, seconds: float = 30) -> str:
     deadline = time.monotonic() + seconds
     now = states(server)[model]["state"]
@@ -182,7 +193,7 @@ def test_a_model_in_use_is_not_evicted_for_the_embedder(tight: LiveServer) -> No
         result["response"] = embed(tight, "waits for the stream to end")
         result["at"] = time.monotonic()
 
-    body = {"model": SMOL, "input": "Write a long story.", "max_output_tokens": 60, "stream": True}
+    body = {"model": SMOL, "input": "Write a long story.", "max_output_tokens": 200, "stream": True}
     worker = threading.Thread(target=ask)
     mid: dict[str, Any] = {}
     with httpx.stream(
@@ -192,10 +203,9 @@ def test_a_model_in_use_is_not_evicted_for_the_embedder(tight: LiveServer) -> No
         for line in stream.iter_lines():
             if line.startswith("event: response.output_text.delta"):
                 deltas += 1
-                if deltas == 3:
+                if deltas == 3:  # the embedding request waits while the stream still runs
                     worker.start()
-                    time.sleep(0.5)
-                    mid = states(tight)
+                    mid = wait_waiting(tight, MINILM)
         ended = time.monotonic()
     worker.join(180)
     assert mid[SMOL]["state"] == "loaded"

@@ -7,9 +7,7 @@ safe because tokenize/detokenize read only the vocabulary. This proves it under 
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,38 +128,3 @@ def test_user_text_cannot_forge_control_tokens(engine: Any) -> None:
         [Turn("user", "hi")], instructions="Be brief.", tool_mode=NO_TOOLS, effort="low", text=None
     )
     assert plain.tokens.count(im_start) == 3
-
-
-def _threads() -> set[str]:
-    return set(os.listdir("/proc/self/task"))
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
-async def test_decoding_starts_no_thread_per_token(engine: Any) -> None:
-    """The context decodes on a threadpool made once (engines/threadpool.py): without it, a
-    build without OpenMP starts and joins llama.cpp's worker thread on every decode, which a
-    watcher listing the process's threads during the generation sees as a new id per token."""
-    prompt = tuple(engine.tokenize("<|im_start|>user\nCount to twenty.<|im_end|>\n"))
-    params = SamplingParams(max_tokens=24, temperature=0.0)
-    before = _threads()
-    seen: set[str] = set()
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            seen.update(_threads())
-            time.sleep(0.0005)
-
-    slot = await engine.admit()
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        stream = engine.generate(GenerationRequest(prompt, params, threading.Event()))
-        tokens = [token async for token in stream]
-    finally:
-        done.set()
-        watcher.join()
-        slot.release()
-    assert len(tokens) >= 8, "the model generated tokens"
-    started = seen - before - {str(watcher.native_id)}
-    assert len(started) <= 2, f"{len(started)} threads started during {len(tokens)} tokens"

@@ -42,7 +42,6 @@ from egemma.engines.llamacpp import LlamaChatEngine, _splice
 from egemma.engines.queue import ModelQueue
 from egemma.engines.samplers import sampler_chain
 from egemma.engines.threaded import LazyTokenStream, LoopSink, Outbox
-from egemma.engines.threadpool import CpuThreadpool
 from egemma.settings import BatchSettings, ChatSettings
 
 log = logging.getLogger(__name__)
@@ -138,9 +137,6 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         self._stopping = False
         self._steps = StepBuilder(self._batch, self.step_tokens)
         self._nice = batch.decode_nice
-        self._threads = int(params.n_threads)
-        self._poll = settings.thread_poll
-        self._pool: CpuThreadpool | None = None  # made by the scheduler thread (its priority)
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -281,8 +277,7 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         seq.slot.last_used = time.monotonic()
 
     def _loop(self) -> None:
-        lower_priority(self._nice)  # before the threadpool starts llama.cpp's workers
-        self._pool = CpuThreadpool.attach(self._llama_cpp, self._ctx, self._threads, self._poll)
+        lower_priority(self._nice)  # before the first decode starts llama.cpp's workers
         active: list[ActiveSequence] = []
         while True:
             with self._cond:
@@ -383,8 +378,6 @@ class BatchedLlamaChatEngine(LlamaChatEngine):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
         lc = self._llama_cpp
-        if self._pool is not None:
-            self._pool.close()
         if getattr(self, "_batch", None) is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None

@@ -37,7 +37,6 @@ from egemma.engines.base import (
 )
 from egemma.engines.queue import ModelQueue
 from egemma.engines.threaded import ThreadedTokenStream
-from egemma.engines.threadpool import CpuThreadpool
 from egemma.settings import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,6 @@ class LlamaChatEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
         self._lock = threading.Lock()
         self._grammar_cache: dict[str, Any] = {}
-        self._pool: CpuThreadpool | None = None
 
     @classmethod
     def load(cls, name: str, path: Path, settings: ChatSettings) -> LlamaChatEngine:
@@ -146,11 +144,7 @@ class LlamaChatEngine:
             # More context than the model was trained for only wastes memory and degrades output.
             del llm
             llm = open_model(train_ctx)
-        engine = cls(name, path, llm, settings)
-        engine._pool = CpuThreadpool.attach(
-            engine._llama_cpp, llm._ctx.ctx, threads, settings.thread_poll
-        )
-        return engine
+        return cls(name, path, llm, settings)
 
     # -- tokenizer ----------------------------------------------------------------------------
 
@@ -298,8 +292,6 @@ class LlamaChatEngine:
     def close(self) -> None:
         self._queue.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._pool is not None:
-            self._pool.close()
         llm, self.llm = self.llm, None
         if llm is not None:
             close = getattr(llm, "close", None)
