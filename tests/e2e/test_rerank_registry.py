@@ -27,7 +27,7 @@ from egemma.services.models.rerank import ManagedRerankEngine
 from egemma.settings import ModelSettings
 from tests.e2e import tiny_reranker
 from tests.e2e.conftest import KEY, SMOL, real_settings
-from tests.e2e.test_embedding_registry import chat, metric, states, wait_state
+from tests.e2e.test_embedding_registry import chat, metric, states, wait_state, wait_waiting
 from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -171,7 +171,7 @@ def test_a_model_in_use_is_not_evicted_for_the_reranker(tight: LiveServer) -> No
         result["response"] = rerank(tight)
         result["at"] = time.monotonic()
 
-    body = {"model": SMOL, "input": "Write a long story.", "max_output_tokens": 60, "stream": True}
+    body = {"model": SMOL, "input": "Write a long story.", "max_output_tokens": 200, "stream": True}
     worker = threading.Thread(target=ask)
     mid: dict[str, Any] = {}
     with httpx.stream(
@@ -181,10 +181,9 @@ def test_a_model_in_use_is_not_evicted_for_the_reranker(tight: LiveServer) -> No
         for line in stream.iter_lines():
             if line.startswith("event: response.output_text.delta"):
                 deltas += 1
-                if deltas == 3:
+                if deltas == 3:  # the rerank request waits while the stream still runs
                     worker.start()
-                    time.sleep(0.5)
-                    mid = states(tight)
+                    mid = wait_waiting(tight, RERANKER)
         ended = time.monotonic()
     worker.join(180)
     assert mid[SMOL]["state"] == "loaded"
