@@ -116,7 +116,7 @@ def test_model_text_cannot_forge_an_event(text: str) -> None:
 async def sse_chunks(
     events: AsyncIterator[dict[str, Any]],
     keepalive: float,
-    framing: Literal["responses", "chat"] = "responses",
+    framing: Literal["responses", "chat", "stored"] = "responses",
     on_chunk: Callable[[list[bytes]], None] = lambda chunks: None,
 ) -> list[bytes]:
     """The body chunks ``EventStreamResponse`` sends for ``events``, through its ASGI call."""
@@ -174,6 +174,24 @@ def test_sse_writer_failure_is_a_final_error_frame() -> None:
     chunks = asyncio.run(sse_chunks(failing_chat(), keepalive=10, framing="chat"))
     assert b"".join(chunks).endswith(b"data: [DONE]\n\n")
     assert frames_of(chunks)[1]["error"]["type"] == "server_error"
+
+
+def test_sse_writer_replays_stored_events_under_their_own_numbers() -> None:
+    """A background response replayed (``stored``): events keep the numbers they were stored
+    under, silence gets bare comments, and a failure is numbered after the last event."""
+
+    async def stored() -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "response.output_text.delta", "sequence_number": 7, "delta": "a"}
+        await asyncio.sleep(0.05)
+        yield {"type": "response.output_text.delta", "sequence_number": 8, "delta": "b"}
+        raise RuntimeError("the store went away")
+
+    chunks = asyncio.run(sse_chunks(stored(), keepalive=0.01, framing="stored"))
+    frames = frames_of(chunks)
+    assert [f["sequence_number"] for f in frames] == [7, 8, 9]
+    assert frames[-1]["type"] == "error"
+    assert b": keep-alive\n\n" in chunks
+    assert not any(b"response.in_progress" in c for c in chunks)
 
 
 def test_sse_writer_repeats_in_progress_until_output_starts() -> None:

@@ -39,7 +39,7 @@ async def create_response(
         assert background is not None  # built with the other services
         queued = await background.launch(prepared)
         if body.stream:
-            return replay_stream(state.store, queued["id"], -1, headers)
+            return replay_stream(state, queued["id"], -1, headers)
         return JSONResponse(queued, headers=headers)
     run = await service.start(prepared, request.is_disconnected, stream=bool(body.stream))
     if body.stream:

@@ -1,6 +1,7 @@
 """The one SSE writer, for both wire shapes.
 
-- Responses: ``event: {type}\\ndata: {one json.dumps}\\n\\n`` with ``sequence_number`` from 0.
+- Responses: ``event: {type}\\ndata: {one json.dumps}\\n\\n`` with ``sequence_number`` from 0
+  (a background response replayed from the store keeps the numbers it was stored under).
 - Chat completions: ``data: {one json.dumps}\\n\\n`` per chunk, then ``data: [DONE]``.
 
 Each ``data:`` line is exactly one ``json.dumps`` payload, which escapes ``\\n`` and ``\\r``: model
@@ -19,12 +20,15 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from egemma.services.responses.background import follow
+
+if TYPE_CHECKING:
+    from egemma.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ KEEPALIVE_SECONDS = 10.0
 WRITE_TIMEOUT_SECONDS = 30.0
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
-Framing = Literal["responses", "chat"]
+Framing = Literal["responses", "chat", "stored"]
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -48,47 +52,28 @@ def encode_data(payload: dict[str, Any]) -> bytes:
     return f"data: {_JSON.encode(payload)}\n\n".encode()
 
 
-async def with_keepalives(
-    events: AsyncIterator[dict[str, Any]], keepalive: float
-) -> AsyncIterator[dict[str, Any] | None]:
-    """``events`` as they come, and None whenever ``keepalive`` seconds pass without one."""
-    pending: asyncio.Task[dict[str, Any]] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive)
-            if not done:
-                yield None
-                continue
-            task, pending = pending, None
-            try:
-                yield task.result()
-            except StopAsyncIteration:
-                return
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-
-
 class SseFramer:
     """The bytes of one stream's events: Responses frames stamped with ``sequence_number`` from 0,
-    chat chunks as bare ``data:`` lines; ``beat`` is what a silent stretch sends."""
+    chat chunks as bare ``data:`` lines, stored events (a background response replayed) with the
+    number they were stored under; ``beat`` is what a silent stretch sends."""
 
-    def __init__(self, framing: Framing) -> None:
+    def __init__(self, framing: Framing, first: int = 0) -> None:
         self.framing = framing
-        self.sequence = 0
+        self.sequence = first  # the next event's number
         self.waiting: dict[str, Any] | None = None  # the response while no output has started
 
     def frame(self, event: dict[str, Any]) -> bytes:
         if self.framing == "chat":
             return encode_data(event)
+        if self.framing == "stored":
+            self.sequence = int(event["sequence_number"]) + 1
+            return encode_event(event)
         self.waiting = _waiting_response(event, self.waiting)
         return self._stamped(event)
 
     def beat(self) -> bytes:
         """A keep-alive comment; before the first output item, a repeated ``in_progress`` too."""
-        if self.waiting is None or self.framing == "chat":
+        if self.waiting is None or self.framing != "responses":
             return KEEPALIVE
         return KEEPALIVE + self._stamped({"type": "response.in_progress", "response": self.waiting})
 
@@ -135,10 +120,11 @@ class EventStreamResponse(Response):
         write_timeout: float = WRITE_TIMEOUT_SECONDS,
         headers: dict[str, str] | None = None,
         keepalive: float = KEEPALIVE_SECONDS,
+        first_sequence: int = 0,
     ) -> None:
         self._events = events
         self._on_close = on_close
-        self._framer = SseFramer(framing)
+        self._framer = SseFramer(framing, first_sequence)
         self._write_timeout = write_timeout
         self._keepalive = keepalive
         self._lock = asyncio.Lock()  # the writer's and the guard's sends never interleave
@@ -246,15 +232,18 @@ class EventStreamResponse(Response):
 
 
 def replay_stream(
-    store: Any, response_id: str, after: int, headers: dict[str, str] | None = None
-) -> StreamingResponse:
+    state: AppState, response_id: str, after: int, headers: dict[str, str] | None = None
+) -> EventStreamResponse:
     """A background response's stored events after ``after`` (their own ``sequence_number``),
-    then the live ones until it ends, with keep-alive comments while waiting."""
-
-    async def body() -> AsyncIterator[bytes]:
-        async for event in with_keepalives(follow(store, response_id, after), KEEPALIVE_SECONDS):
-            yield KEEPALIVE if event is None else encode_event(event)
-
-    return StreamingResponse(
-        body(), media_type="text/event-stream", headers={**HEADERS, **(headers or {})}
+    then the live ones until it ends, with keep-alive comments while waiting and the stream
+    settings' write deadline. Leaving stops only the replay: the run goes on in the background."""
+    server = state.settings.server
+    return EventStreamResponse(
+        follow(state.store, response_id, after),
+        on_close=lambda: None,
+        framing="stored",
+        write_timeout=server.stream_write_timeout,
+        headers=headers,
+        keepalive=server.stream_keepalive_interval,
+        first_sequence=after + 1,
     )

@@ -67,7 +67,7 @@ async def retrieve_response(
             param="stream",
         )
     after = -1 if starting_after is None else starting_after
-    return replay_stream(app_state(request).store, response_id, after)
+    return replay_stream(app_state(request), response_id, after)
 
 
 @router.post("/v1/responses/{response_id}/cancel", summary="Cancel a background response")
